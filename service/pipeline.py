@@ -1,0 +1,196 @@
+"""intake -> decide -> apply, for the live service and the replay alike.
+
+The caller owns the transaction: every function here works in the session it
+is given and flushes; none commits. Time is event time: an `EventClock` is
+advanced by each alert's own timestamp (and, live, by a wall-clock ticker), and
+every window is measured on alert timestamps.
+"""
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal
+
+from sqlalchemy.orm import Session
+
+from models.tables import Alert
+from service import repository as repo
+from service.decide import Decision, Drop, Link, Open, Pend, decide, expired, flush
+from service.domain import AlertIn
+from service.parsers.common import StatusChange
+from service.rules import Rules
+
+SYSTEM = "alertlink"
+
+
+class EventClock:
+    """Monotonic event time: the newest timestamp seen. Thread-safe."""
+
+    def __init__(self, now: datetime | None = None) -> None:
+        self._now = now
+        self._lock = threading.Lock()
+
+    @property
+    def now(self) -> datetime | None:
+        return self._now
+
+    def advance(self, t: datetime) -> datetime:
+        with self._lock:
+            if self._now is None or t > self._now:
+                self._now = t
+            return self._now
+
+
+@dataclass
+class Outcome:
+    """What happened to one item of a request, in the order the items came."""
+
+    index: int
+    alert_id: int | None
+    action: Literal["created", "redelivered", "resolved", "acknowledged", "ignored"]
+    decision: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class FlushOutcome:
+    group_id: int
+    rule: str
+    group_key: str
+    incident_id: int | None
+    alert_ids: list[int]
+
+
+def describe(decision: Decision, incident_id: int | None = None) -> dict[str, Any]:
+    """A decision as the API reports it."""
+    out: dict[str, Any] = {"kind": decision.kind, "reason": decision.reason}
+    if isinstance(decision, Link):
+        out |= {"incident_id": decision.incident_id, "link_type": "auto_correlated", "rule": decision.rule}
+    elif isinstance(decision, Open):
+        out |= {"incident_id": incident_id, "link_type": "auto_created", "rule": decision.rule}
+    elif isinstance(decision, Pend):
+        out |= {"rule": f"aggregation:{decision.rule}", "group_key": decision.group_key,
+                "expires_at": decision.expires_at.isoformat()}
+    return out
+
+
+class Pipeline:
+    def __init__(self, rules: Rules, clock: EventClock | None = None) -> None:
+        self.rules = rules
+        self.clock = clock or EventClock()
+        # one deciding transaction at a time in this process (see repository.lock_decisions
+        # for several processes): decisions read and write open incidents and pending groups
+        self.decision_lock = threading.Lock()
+
+    # ----------------------------------------------------------- intake
+    def ingest(self, session: Session, items: Sequence[AlertIn | StatusChange],
+               received_at: datetime) -> list[Outcome]:
+        repo.lock_decisions(session)
+        return [self._one(session, i, item, received_at) for i, item in enumerate(items)]
+
+    def _one(self, session: Session, index: int, item: AlertIn | StatusChange,
+             received_at: datetime) -> Outcome:
+        if isinstance(item, StatusChange):
+            row = repo.latest_unresolved(session, item.fingerprint)
+            if row is None:
+                return Outcome(index, None, "ignored", {"kind": "none",
+                               "reason": f"no open alert with fingerprint {item.fingerprint}"})
+            row.status = item.status
+            if item.status == "resolved":
+                row.resolved_at = item.at
+            row.last_received_at = received_at
+            return Outcome(index, row.id, item.status)
+
+        if item.dedup == "open":  # a key with no start time: the open alert with that key
+            row = repo.latest_unresolved(session, item.fingerprint)
+        else:
+            row = repo.find_occurrence(session, item.fingerprint, item.fired_at)
+        if row is not None:  # the same alert again: idempotent
+            was = row.status
+            repo.refresh_alert(row, item, received_at)
+            action = "resolved" if row.status == "resolved" and was != "resolved" else "redelivered"
+            return Outcome(index, row.id, action)
+
+        if item.status == "resolved":
+            # Alertmanager's resolve may carry startsAt = endsAt: match by fingerprint alone
+            open_row = repo.latest_unresolved(session, item.fingerprint)
+            if open_row is not None and open_row.fired_at <= (item.resolved_at or item.fired_at):
+                open_row.status, open_row.resolved_at = "resolved", item.resolved_at or received_at
+                open_row.last_received_at = received_at
+                return Outcome(index, open_row.id, "resolved")
+            # never seen firing: keep it (nothing accepted is lost) but decide nothing on it
+            row = repo.insert_alert(session, item, received_at)
+            return Outcome(index, row.id, "created", {"kind": "none", "reason": "arrived resolved"})
+
+        row = repo.insert_alert(session, item, received_at)
+        now = self.clock.advance(item.fired_at)
+        self.flush_expired(session, now)
+        decision = self.decide(session, row)
+        incident_id = self.apply(session, decision, row)
+        return Outcome(index, row.id, "created", describe(decision, incident_id))
+
+    # ---------------------------------------------------------- decide
+    def decide(self, session: Session, row: Alert) -> Decision:
+        facts = repo.alert_facts(row)
+        link, create = self.rules.auto_link, self.rules.auto_create
+        window = max(link.correlation_window, create.dedup_window)
+        incidents = repo.active_incidents(session, facts.fired_at - window, facts,
+                                          [link.match_fields, create.match_fields])
+        groups = {(g.rule, g.group_key): g for g in repo.pending_groups(session)}
+        return decide(facts, incidents, groups, self.rules)
+
+    # ----------------------------------------------------------- apply
+    def apply(self, session: Session, decision: Decision | Drop, row: Alert | None) -> int | None:
+        """Write a decision: links, incidents, groups and timeline events."""
+        version = self.rules.version
+        if isinstance(decision, Link):
+            incident = repo.get_incident(session, decision.incident_id)
+            assert incident is not None and row is not None
+            repo.add_link(session, alert=row, incident=incident, link_type="auto_correlated",
+                          linked_at=row.fired_at, linked_by=SYSTEM, rule=decision.rule, version=version)
+            repo.add_event(session, incident.id, "alert_linked", row.fired_at, SYSTEM, alert_id=row.id,
+                           link_type="auto_correlated", rule=decision.rule, reason=decision.reason)
+            return incident.id
+        if isinstance(decision, Open):
+            alerts = repo.alerts_by_ids(session, decision.alert_ids)
+            incident = repo.create_incident(session, title=decision.title[:500], severity=decision.severity,
+                                            created_at=decision.opened_at, summary=decision.summary,
+                                            aggregation_key=decision.aggregation_key)
+            repo.add_event(session, incident.id, "incident_created", decision.opened_at, SYSTEM,
+                           rule=decision.rule, reason=decision.reason, alert_ids=list(decision.alert_ids))
+            for alert_id in decision.alert_ids:
+                repo.add_link(session, alert=alerts[alert_id], incident=incident, link_type="auto_created",
+                              linked_at=decision.opened_at, linked_by=SYSTEM, rule=decision.rule,
+                              version=version)
+            if decision.group_id is not None:
+                repo.delete_group(session, decision.group_id)
+            return incident.id
+        if isinstance(decision, Pend):
+            assert row is not None
+            group_id = decision.group_id
+            if group_id is None:
+                group_id = repo.start_group(session, decision.rule, decision.group_key,
+                                            decision.started_at, decision.expires_at).id
+            repo.add_to_group(session, group_id, row.id)
+            return None
+        if isinstance(decision, Drop):
+            repo.delete_group(session, decision.group_id)
+        return None
+
+    # ----------------------------------------------------------- clock
+    def flush_expired(self, session: Session, now: datetime) -> list[FlushOutcome]:
+        """Close every pending group whose window ended before `now`."""
+        out = []
+        for group in expired(repo.pending_groups(session), now):
+            decision = flush(group, self.rules)
+            incident_id = self.apply(session, decision, None)
+            out.append(FlushOutcome(group.id, group.rule, group.group_key, incident_id,
+                                    [m.id for m in group.members]))
+        session.flush()
+        return out
+
+    def tick(self, session: Session, wall_now: datetime) -> list[FlushOutcome]:
+        """Live operation: advance event time by the wall clock and flush."""
+        repo.lock_decisions(session)
+        return self.flush_expired(session, self.clock.advance(wall_now))

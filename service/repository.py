@@ -1,0 +1,247 @@
+"""All SQL. Functions take the caller's session and flush; they never commit
+(the transaction belongs to whoever opened the session)."""
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Select, func, select, text
+from sqlalchemy.orm import Session, selectinload
+
+from models.tables import Alert, AlertIncidentLink, Incident, IncidentEvent, PendingGroup, PendingGroupAlert
+from service.decide import GroupFacts, IncidentFacts, label_name
+from service.domain import AlertIn
+from service.rules import AlertFacts
+
+# any constant will do: all deciding transactions take the same advisory lock
+DECISION_LOCK_KEY = 0x616C6572  # "aler"
+
+
+def lock_decisions(session: Session) -> None:
+    """Serialise deciding transactions across replicas (PostgreSQL); one process
+    already serialises them with a thread lock."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": DECISION_LOCK_KEY})
+
+
+# ------------------------------------------------------------------ alerts
+
+def alert_facts(alert: Alert) -> AlertFacts:
+    return AlertFacts(id=alert.id, fingerprint=alert.fingerprint, title=alert.title, source=alert.source,
+                      severity=alert.severity, fired_at=alert.fired_at, labels=dict(alert.labels or {}))
+
+
+def find_occurrence(session: Session, fingerprint: str, fired_at: datetime) -> Alert | None:
+    return session.scalars(
+        select(Alert).where(Alert.fingerprint == fingerprint, Alert.fired_at == fired_at)
+    ).first()
+
+
+def latest_unresolved(session: Session, fingerprint: str) -> Alert | None:
+    return session.scalars(
+        select(Alert).where(Alert.fingerprint == fingerprint, Alert.status != "resolved")
+        .order_by(Alert.fired_at.desc(), Alert.id.desc()).limit(1)
+    ).first()
+
+
+def insert_alert(session: Session, a: AlertIn, received_at: datetime) -> Alert:
+    row = Alert(
+        external_id=a.external_id, fingerprint=a.fingerprint, title=a.title, source=a.source,
+        severity=a.severity, fired_at=a.fired_at, resolved_at=a.resolved_at, status=a.status,
+        labels=dict(a.labels), annotations=dict(a.annotations), delivery_count=1,
+        received_at=received_at, last_received_at=received_at,
+    )
+    session.add(row)
+    session.flush()
+    return row
+
+
+def refresh_alert(row: Alert, a: AlertIn, received_at: datetime) -> None:
+    """A re-delivery of a stored occurrence: keep the newest content, count it."""
+    row.title, row.severity, row.source = a.title, a.severity, a.source
+    row.labels, row.annotations = dict(a.labels), dict(a.annotations)
+    row.delivery_count += 1
+    row.last_received_at = received_at
+    if a.status == "resolved" and row.status != "resolved":
+        row.status, row.resolved_at = "resolved", a.resolved_at or received_at
+
+
+def get_alert(session: Session, alert_id: int) -> Alert | None:
+    return session.get(Alert, alert_id)
+
+
+def list_alerts(session: Session, *, fingerprint: str | None = None, status: str | None = None,
+                since: datetime | None = None, until: datetime | None = None,
+                limit: int = 100, offset: int = 0) -> Sequence[Alert]:
+    q = select(Alert)
+    if fingerprint is not None:
+        q = q.where(Alert.fingerprint == fingerprint)
+    if status is not None:
+        q = q.where(Alert.status == status)
+    if since is not None:
+        q = q.where(Alert.fired_at >= since)
+    if until is not None:
+        q = q.where(Alert.fired_at <= until)
+    return session.scalars(q.order_by(Alert.fired_at.desc(), Alert.id.desc()).limit(limit).offset(offset)).all()
+
+
+def alerts_by_ids(session: Session, ids: Iterable[int]) -> dict[int, Alert]:
+    ids = list(ids)
+    return {a.id: a for a in session.scalars(select(Alert).where(Alert.id.in_(ids)))} if ids else {}
+
+
+def newest_alert_time(session: Session) -> datetime | None:
+    return session.scalar(select(func.max(Alert.fired_at)))
+
+
+# --------------------------------------------------------------- incidents
+
+def get_incident(session: Session, incident_id: int) -> Incident | None:
+    return session.get(Incident, incident_id)
+
+
+def list_incidents(session: Session, *, status: str | None = None, limit: int = 100,
+                   offset: int = 0) -> Sequence[Incident]:
+    q = select(Incident)
+    if status is not None:
+        q = q.where(Incident.status == status)
+    return session.scalars(q.order_by(Incident.created_at.desc(), Incident.id.desc())
+                           .limit(limit).offset(offset)).all()
+
+
+def active_incidents(session: Session, since: datetime, alert: AlertFacts,
+                     field_sets: Iterable[Sequence[str]]) -> list[IncidentFacts]:
+    """Incidents not resolved with activity at or after `since`, with what matching
+    `alert` needs of their linked alerts (removed links do not count): whether one
+    has the alert's fingerprint, and for each set of match fields whether one has
+    the alert's values for all of them. The lookups run in SQL, so a 1,000-alert
+    incident costs no more than a small one."""
+    incidents = session.scalars(
+        select(Incident).where(Incident.status != "resolved", Incident.last_activity_at >= since)
+    ).all()
+    if not incidents:
+        return []
+    linked = (select(AlertIncidentLink.incident_id).join(Alert, Alert.id == AlertIncidentLink.alert_id)
+              .where(AlertIncidentLink.incident_id.in_([i.id for i in incidents]),
+                     AlertIncidentLink.removed_at.is_(None)).distinct())
+    with_fingerprint = set(session.scalars(linked.where(Alert.fingerprint == alert.fingerprint)))
+    label_sets: dict[int, list[dict[str, str]]] = {}
+    for fields in {tuple(sorted({label_name(f) for f in fs} - {"fingerprint"})) for fs in field_sets}:
+        wanted = {n: alert.labels.get(n) for n in fields}
+        if not fields or None in wanted.values():
+            continue
+        same = linked.where(*(Alert.labels[n].as_string() == v for n, v in wanted.items()))
+        for incident_id in session.scalars(same):
+            label_sets.setdefault(incident_id, []).append(wanted)
+    return [IncidentFacts(i.id, i.aggregation_key, i.last_activity_at,
+                          frozenset({alert.fingerprint}) if i.id in with_fingerprint else frozenset(),
+                          tuple(label_sets.get(i.id, ())))
+            for i in incidents]
+
+
+def create_incident(session: Session, *, title: str, severity: str, created_at: datetime,
+                    summary: str | None = None, aggregation_key: str | None = None,
+                    root_cause: str | None = None, status: str = "open", resolved_at: datetime | None = None,
+                    external_id: str | None = None) -> Incident:
+    row = Incident(title=title, severity=severity, created_at=created_at, summary=summary,
+                   aggregation_key=aggregation_key, root_cause=root_cause, status=status,
+                   resolved_at=resolved_at, external_id=external_id, last_activity_at=created_at)
+    session.add(row)
+    session.flush()
+    return row
+
+
+def add_event(session: Session, incident_id: int, kind: str, at: datetime, actor: str,
+              **data: Any) -> IncidentEvent:
+    row = IncidentEvent(incident_id=incident_id, kind=kind, at=at, actor=actor, data=data)
+    session.add(row)
+    return row
+
+
+def incident_events(session: Session, incident_id: int) -> Sequence[IncidentEvent]:
+    return session.scalars(select(IncidentEvent).where(IncidentEvent.incident_id == incident_id)
+                           .order_by(IncidentEvent.at, IncidentEvent.id)).all()
+
+
+# ------------------------------------------------------------------- links
+
+def get_link(session: Session, alert_id: int, incident_id: int) -> AlertIncidentLink | None:
+    return session.scalars(select(AlertIncidentLink).where(
+        AlertIncidentLink.alert_id == alert_id, AlertIncidentLink.incident_id == incident_id)).first()
+
+
+def add_link(session: Session, *, alert: Alert, incident: Incident, link_type: str, linked_at: datetime,
+             linked_by: str, rule: str | None = None, score: float | None = None,
+             components: dict[str, Any] | None = None, version: str | None = None) -> AlertIncidentLink:
+    """Link an alert to an incident and move the incident's activity to the alert's time."""
+    row = AlertIncidentLink(alert_id=alert.id, incident_id=incident.id, link_type=link_type,
+                            linked_at=linked_at, linked_by=linked_by, rule=rule, score=score,
+                            components=components, decided_by_version=version)
+    session.add(row)
+    if alert.fired_at > incident.last_activity_at:
+        incident.last_activity_at = alert.fired_at
+    return row
+
+
+def links_of_incident(session: Session, incident_id: int, *, include_removed: bool = False
+                      ) -> Sequence[tuple[AlertIncidentLink, Alert]]:
+    q: Select = (select(AlertIncidentLink, Alert).join(Alert, Alert.id == AlertIncidentLink.alert_id)
+                 .where(AlertIncidentLink.incident_id == incident_id))
+    if not include_removed:
+        q = q.where(AlertIncidentLink.removed_at.is_(None))
+    return session.execute(q.order_by(Alert.fired_at, Alert.id)).tuples().all()
+
+
+def links_of_alert(session: Session, alert_id: int, *, include_removed: bool = False
+                   ) -> Sequence[tuple[AlertIncidentLink, Incident]]:
+    q: Select = (select(AlertIncidentLink, Incident).join(Incident, Incident.id == AlertIncidentLink.incident_id)
+                 .where(AlertIncidentLink.alert_id == alert_id))
+    if not include_removed:
+        q = q.where(AlertIncidentLink.removed_at.is_(None))
+    return session.execute(q.order_by(Incident.created_at, Incident.id)).tuples().all()
+
+
+def incidents_of_alerts(session: Session, alert_ids: Iterable[int]) -> dict[int, int]:
+    """alert id -> the incident it is linked to (the earliest link wins)."""
+    ids = list(alert_ids)
+    out: dict[int, int] = {}
+    if not ids:
+        return out
+    for alert_id, incident_id in session.execute(
+        select(AlertIncidentLink.alert_id, AlertIncidentLink.incident_id)
+        .where(AlertIncidentLink.alert_id.in_(ids), AlertIncidentLink.removed_at.is_(None))
+        .order_by(AlertIncidentLink.id)
+    ):
+        out.setdefault(alert_id, incident_id)
+    return out
+
+
+# ---------------------------------------------------------- pending groups
+
+def pending_groups(session: Session) -> list[GroupFacts]:
+    groups = session.scalars(
+        select(PendingGroup).options(selectinload(PendingGroup.members))
+    ).all()
+    alerts = alerts_by_ids(session, (m.alert_id for g in groups for m in g.members))
+    return [GroupFacts(g.id, g.rule, g.group_key, g.started_at, g.expires_at,
+                       tuple(alert_facts(alerts[m.alert_id]) for m in g.members if m.alert_id in alerts))
+            for g in groups]
+
+
+def start_group(session: Session, rule: str, group_key: str, started_at: datetime,
+                expires_at: datetime) -> PendingGroup:
+    row = PendingGroup(rule=rule, group_key=group_key, started_at=started_at, expires_at=expires_at)
+    session.add(row)
+    session.flush()
+    return row
+
+
+def add_to_group(session: Session, group_id: int, alert_id: int) -> None:
+    session.add(PendingGroupAlert(group_id=group_id, alert_id=alert_id))
+
+
+def delete_group(session: Session, group_id: int) -> None:
+    group = session.get(PendingGroup, group_id)
+    if group is not None:
+        session.delete(group)
