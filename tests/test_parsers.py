@@ -114,13 +114,14 @@ WHOLE = {
         labels={**load("am_to_pagerduty_v2_trigger.json")["payload"]["custom_details"],
                 "pagerduty_source": "Alertmanager"},
         annotations={"client": "Alertmanager",
-                     "client_url": "http://alertmanager.example:9093/#/alerts?receiver=all-formats"})],
+                     "client_url": "http://alertmanager.example:9093/#/alerts?receiver=all-formats"},
+        dedup="open")],
     "am_to_pagerduty_v2_resolve.json": [StatusChange(GROUP_KEY_SHA, "resolved", RECEIVED)],
     "am_to_opsgenie_create.json": [AlertIn(
         fingerprint=GROUP_KEY_SHA, title="[FIRING:2] HighErrorRate checkout (production shop critical)",
         source="http://alertmanager.example:9093/#/alerts?receiver=all-formats", severity="medium",
         fired_at=RECEIVED, labels=load("am_to_opsgenie_create.json")["details"],
-        annotations={"description": load("am_to_opsgenie_create.json")["description"]})],
+        annotations={"description": load("am_to_opsgenie_create.json")["description"]}, dedup="open")],
     "am_to_opsgenie_close.json": [StatusChange(GROUP_KEY_SHA, "resolved", RECEIVED)],
 }
 
@@ -177,7 +178,7 @@ def test_pagerduty_trigger_without_dedup_key_is_deterministic():
         fingerprint=hashlib.sha256(("r" * 32 + "\0disk\0db1").encode()).hexdigest(), title="disk", source="pagerduty", severity="medium",
         fired_at=datetime(2015, 7, 17, 8, 42, 58, 315000, tzinfo=UTC),
         labels={"free": "3.5", "mounts": '["/"]', "note": "x", "component": "pg", "class": "disk",
-                "pagerduty_source": "db1"})]
+                "pagerduty_source": "db1"}, dedup="open")]
 
 
 @pytest.mark.parametrize(("action", "status"), [("acknowledge", "acknowledged"), ("resolve", "resolved")])
@@ -192,7 +193,7 @@ def test_opsgenie_create_minimal_and_tags():
     assert opsgenie.to_alerts(body, received_at=RECEIVED, severity_words=DEFAULT_SEVERITY_MAP) == [AlertIn(
         fingerprint=hashlib.sha256(b"m").hexdigest(),  # no alias: derived from the message
         title="m", source="opsgenie", severity="critical", fired_at=RECEIVED,
-        labels={"k": "v", "tags": "a,b", "entity": "e"})]
+        labels={"k": "v", "tags": "a,b", "entity": "e"}, dedup="open")]
 
 
 def test_opsgenie_acknowledge():

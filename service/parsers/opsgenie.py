@@ -56,6 +56,7 @@ def to_alerts(
         fired_at=as_utc(received_at),  # Opsgenie requests carry no time
         labels=labels,
         annotations={"description": body.description} if body.description else {},
+        dedup="open",  # a trigger for a key that is still open updates that alert
     )]
 
 

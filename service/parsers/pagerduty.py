@@ -72,4 +72,5 @@ def to_alerts(
         fired_at=parse_time(p.timestamp, ("body", "payload", "timestamp")) or received_at,
         labels=labels,
         annotations=annotations,
+        dedup="open",  # a trigger for a key that is still open updates that alert
     )]
