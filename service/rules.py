@@ -169,6 +169,35 @@ def parse_duration(value: Any, where: str, *, default_unit: str = "s") -> timede
     return timedelta(seconds=seconds)
 
 
+def _mapping(raw: Any, where: str, allowed: set[str]) -> dict[str, Any]:
+    """A mapping with only known keys: a typo fails at load, not silently at 3 a.m."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise RulesError(f"{where}: expected a mapping, got {raw!r}")
+    if unknown := sorted(set(map(str, raw)) - allowed):
+        raise RulesError(f"{where}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(allowed))}")
+    return raw
+
+
+def _bool(value: Any, where: str) -> bool:
+    if not isinstance(value, bool):
+        raise RulesError(f"{where}: true or false, got {value!r}")
+    return value
+
+
+def _string(value: Any, where: str) -> str:
+    if not isinstance(value, str):
+        raise RulesError(f"{where}: expected text (quote it in YAML), got {value!r}")
+    return value
+
+
+def _string_list(values: Any, where: str) -> list[str]:
+    if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
+        raise RulesError(f"{where}: expected a list of strings, got {values!r}")
+    return values
+
+
 def _normalise_severities(values: Any, where: str, words: Mapping[str, str]) -> frozenset[str]:
     out = set()
     for v in _string_list(values, where):
@@ -179,38 +208,45 @@ def _normalise_severities(values: Any, where: str, words: Mapping[str, str]) -> 
     return frozenset(out)
 
 
-def _string_list(values: Any, where: str) -> list[str]:
-    if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
-        raise RulesError(f"{where}: expected a list of strings, got {values!r}")
-    return values
+_CONDITION_KEYS = {"severity_in": {"values"}, "source_in": {"values"}, "source_not_in": {"values"},
+                   "label_exists": {"key"}, "label_equals": {"key", "value"}}
 
 
 def parse_condition(raw: Any, where: str, words: Mapping[str, str]) -> Condition:
+    """`{severity_in: [...]}` (incident-rules style) or `{type: severity_in, values: [...]}`
+    (aggregation-rules style); label_exists takes a label name, label_equals a key and a value."""
     if not isinstance(raw, dict):
         raise RulesError(f"{where}: a condition is a mapping, got {raw!r}")
     if "type" in raw:
-        kind, arg = raw["type"], raw
+        kind = _string(raw["type"], f"{where}.type")
+        if kind not in PREDICATES:
+            raise RulesError(f"{where}: unknown condition {kind!r}; known: {', '.join(PREDICATES)}")
+        spec = _mapping(raw, where, {"type"} | _CONDITION_KEYS[kind])
+        if missing := sorted(_CONDITION_KEYS[kind] - set(spec)):
+            raise RulesError(f"{where}: {kind} needs {', '.join(missing)}")
     elif len(raw) == 1:
         kind, arg = next(iter(raw.items()))
+        if kind not in PREDICATES:
+            raise RulesError(f"{where}: unknown condition {kind!r}; known: {', '.join(PREDICATES)}")
+        if kind == "label_equals":
+            spec = _mapping(arg, f"{where}.label_equals", {"key", "value"})
+            if missing := sorted({"key", "value"} - set(spec)):
+                raise RulesError(f"{where}: label_equals needs {', '.join(missing)}")
+        else:
+            spec = {"key": arg} if kind == "label_exists" else {"values": arg}
     else:
         raise RulesError(f"{where}: a condition has one key (e.g. severity_in) or a 'type', got {raw!r}")
-    if kind not in PREDICATES:
-        raise RulesError(f"{where}: unknown condition {kind!r}; known: {', '.join(PREDICATES)}")
-    typed = arg is raw
+
     if kind == "severity_in":
-        return Condition(kind, _normalise_severities(raw["values"] if typed else arg, where, words))
+        return Condition(kind, _normalise_severities(spec["values"], f"{where}.values", words))
     if kind in ("source_in", "source_not_in"):
-        return Condition(kind, frozenset(_string_list(raw.get("values") if typed else arg, where)))
+        return Condition(kind, frozenset(_string_list(spec["values"], f"{where}.values")))
     if kind == "label_exists":
-        key = raw.get("key") if typed else arg
-        if not isinstance(key, str):
-            raise RulesError(f"{where}: label_exists needs a label name (key)")
-        return Condition(kind, key=key)
-    # label_equals: {type: label_equals, key: k, value: v} or {label_equals: {key: k, value: v}}
-    spec = raw if typed else arg
-    if not isinstance(spec, dict) or not isinstance(spec.get("key"), str) or "value" not in spec:
-        raise RulesError(f"{where}: label_equals needs key and value")
-    return Condition(kind, key=spec["key"], value=str(spec["value"]))
+        return Condition(kind, key=_string(spec["key"], f"{where}.key"))
+    value = spec["value"]
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)  # `value: 8080` means the text 8080; true/1.10 are ambiguous and refused
+    return Condition(kind, key=_string(spec["key"], f"{where}.key"), value=_string(value, f"{where}.value"))
 
 
 def _conditions(raw: Any, where: str, words: Mapping[str, str]) -> tuple[Condition, ...]:
@@ -223,19 +259,20 @@ def _conditions(raw: Any, where: str, words: Mapping[str, str]) -> tuple[Conditi
 
 def parse_incident_rules(doc: Any, words: Mapping[str, str], where: str = INCIDENT_RULES_FILE
                          ) -> tuple[AutoCreate, AutoLink]:
-    doc = doc or {}
-    if not isinstance(doc, dict):
-        raise RulesError(f"{where}: expected a mapping with auto_create and auto_link")
-    ac, al = doc.get("auto_create") or {}, doc.get("auto_link") or {}
+    doc = _mapping(doc, where, {"auto_create", "auto_link"})
+    ac = _mapping(doc.get("auto_create"), f"{where}: auto_create",
+                  {"enabled", "conditions", "dedup_window", "match_fields"})
+    al = _mapping(doc.get("auto_link"), f"{where}: auto_link",
+                  {"enabled", "conditions", "correlation_window", "match_fields"})
     match_fields = tuple(_string_list(ac.get("match_fields", ["fingerprint"]), f"{where}: auto_create.match_fields"))
     auto_create = AutoCreate(
-        enabled=bool(ac.get("enabled", False)),
+        enabled=_bool(ac.get("enabled", False), f"{where}: auto_create.enabled"),
         conditions=_conditions(ac.get("conditions"), f"{where}: auto_create.conditions", words),
         dedup_window=parse_duration(ac.get("dedup_window", "1h"), f"{where}: auto_create.dedup_window"),
         match_fields=match_fields,
     )
     auto_link = AutoLink(
-        enabled=bool(al.get("enabled", False)),
+        enabled=_bool(al.get("enabled", False), f"{where}: auto_link.enabled"),
         conditions=_conditions(al.get("conditions"), f"{where}: auto_link.conditions", words),
         correlation_window=parse_duration(al.get("correlation_window", "4h"),
                                           f"{where}: auto_link.correlation_window"),
@@ -246,23 +283,26 @@ def parse_incident_rules(doc: Any, words: Mapping[str, str], where: str = INCIDE
     return auto_create, auto_link
 
 
+_RULE_KEYS = {"name", "description", "conditions", "groupBy", "timeWindow", "minAlerts", "onExpiry"}
+
+
 def parse_aggregation_rules(doc: Any, words: Mapping[str, str], where: str = AGGREGATION_RULES_FILE
                             ) -> tuple[AggregationRule, ...]:
-    doc = doc or {}
-    raw_rules = doc.get("rules", []) if isinstance(doc, dict) else None
+    raw_rules = _mapping(doc, where, {"rules"}).get("rules", [])
     if not isinstance(raw_rules, list):
         raise RulesError(f"{where}: expected a mapping with a list 'rules'")
     rules, names = [], set()
-    for i, r in enumerate(raw_rules):
+    for i, raw in enumerate(raw_rules):
         at = f"{where}: rules[{i}]"
-        if not isinstance(r, dict) or not isinstance(r.get("name"), str):
+        r = _mapping(raw, at, _RULE_KEYS)
+        if not isinstance(r.get("name"), str):
             raise RulesError(f"{at}: every rule needs a name")
         if r["name"] in names:
             raise RulesError(f"{at}: duplicate rule name {r['name']!r}")
         names.add(r["name"])
         group_by = _string_list(r.get("groupBy"), f"{at}.groupBy")
         min_alerts = r.get("minAlerts", 1)
-        if not isinstance(min_alerts, int) or min_alerts < 1:
+        if isinstance(min_alerts, bool) or not isinstance(min_alerts, int) or min_alerts < 1:
             raise RulesError(f"{at}.minAlerts: a whole number >= 1, got {min_alerts!r}")
         on_expiry = r.get("onExpiry", "open")
         if on_expiry not in ("open", "drop"):

@@ -21,6 +21,8 @@ UTC = timezone.utc
 RECEIVED = datetime(2026, 12, 3, 16, 0, tzinfo=UTC)
 KW = {"received_at": RECEIVED, "severity_words": DEFAULT_SEVERITY_MAP, "default_severity": "medium"}
 GROUP_KEY_SHA = "97510b418c30a6bc221ab8cd7f4d49d287215a8f33fc7173ad6f03934114edfb"
+# Alertmanager sends the same sha256(groupKey) to both: our fingerprints keep them apart
+PD_KEY, OG_KEY = f"pagerduty:{GROUP_KEY_SHA}", f"opsgenie:{GROUP_KEY_SHA}"
 T_GROUP = datetime(2026, 12, 3, 15, 33, 43, 967000, tzinfo=UTC)
 
 
@@ -53,10 +55,10 @@ def am_alert(name: str, i: int, **fields) -> AlertIn:
 # --- every fixture: (kind, fingerprint, status, severity) of each item -------------------------
 
 SUMMARIES = {
-    "am_to_opsgenie_close.json": [("StatusChange", GROUP_KEY_SHA, "resolved", None)],
-    "am_to_opsgenie_create.json": [("AlertIn", GROUP_KEY_SHA, "firing", "medium")],  # no priority: P3
-    "am_to_pagerduty_v2_resolve.json": [("StatusChange", GROUP_KEY_SHA, "resolved", None)],
-    "am_to_pagerduty_v2_trigger.json": [("AlertIn", GROUP_KEY_SHA, "firing", "high")],  # "error"
+    "am_to_opsgenie_close.json": [("StatusChange", OG_KEY, "resolved", None)],
+    "am_to_opsgenie_create.json": [("AlertIn", OG_KEY, "firing", "medium")],  # no priority: P3
+    "am_to_pagerduty_v2_resolve.json": [("StatusChange", PD_KEY, "resolved", None)],
+    "am_to_pagerduty_v2_trigger.json": [("AlertIn", PD_KEY, "firing", "high")],  # "error"
     "firing_group_one_firing_one_resolved.json": [("AlertIn", "c6a1950e679c4c03", "firing", "critical"),
                                                   ("AlertIn", "a285b018731604c0", "resolved", "critical")],
     "firing_group_two_alerts.json": [("AlertIn", "c6a1950e679c4c03", "firing", "critical"),
@@ -109,20 +111,21 @@ WHOLE = {
         "firing_truncated_max_alerts_1.json", 0, severity="medium",
         fired_at=datetime(2026, 12, 3, 15, 33, 16, tzinfo=UTC))],
     "am_to_pagerduty_v2_trigger.json": [AlertIn(
-        fingerprint=GROUP_KEY_SHA, title="[FIRING:2] HighErrorRate checkout (production shop critical)",
+        fingerprint=PD_KEY, title="[FIRING:2] HighErrorRate checkout (production shop critical)",
         source="pagerduty", severity="high", fired_at=RECEIVED,
         labels={**load("am_to_pagerduty_v2_trigger.json")["payload"]["custom_details"],
                 "pagerduty_source": "Alertmanager"},
         annotations={"client": "Alertmanager",
                      "client_url": "http://alertmanager.example:9093/#/alerts?receiver=all-formats"},
         dedup="open")],
-    "am_to_pagerduty_v2_resolve.json": [StatusChange(GROUP_KEY_SHA, "resolved", RECEIVED)],
+    "am_to_pagerduty_v2_resolve.json": [StatusChange(PD_KEY, "resolved", RECEIVED)],
     "am_to_opsgenie_create.json": [AlertIn(
-        fingerprint=GROUP_KEY_SHA, title="[FIRING:2] HighErrorRate checkout (production shop critical)",
-        source="http://alertmanager.example:9093/#/alerts?receiver=all-formats", severity="medium",
-        fired_at=RECEIVED, labels=load("am_to_opsgenie_create.json")["details"],
+        fingerprint=OG_KEY, title="[FIRING:2] HighErrorRate checkout (production shop critical)",
+        source="opsgenie", severity="medium", fired_at=RECEIVED,
+        labels={**load("am_to_opsgenie_create.json")["details"],
+                "opsgenie_source": "http://alertmanager.example:9093/#/alerts?receiver=all-formats"},
         annotations={"description": load("am_to_opsgenie_create.json")["description"]}, dedup="open")],
-    "am_to_opsgenie_close.json": [StatusChange(GROUP_KEY_SHA, "resolved", RECEIVED)],
+    "am_to_opsgenie_close.json": [StatusChange(OG_KEY, "resolved", RECEIVED)],
 }
 
 
@@ -175,7 +178,7 @@ def test_pagerduty_trigger_without_dedup_key_is_deterministic():
                          "custom_details": {"free": 3.5, "mounts": ["/"], "note": "x"}}}
     first, second = (pagerduty.to_alerts(pagerduty.PagerDutyEvent.model_validate(event), **KW) for _ in "12")
     assert first == second == [AlertIn(
-        fingerprint=hashlib.sha256(("r" * 32 + "\0disk\0db1").encode()).hexdigest(), title="disk", source="pagerduty", severity="medium",
+        fingerprint="pagerduty:" + hashlib.sha256(("r" * 32 + "\0disk\0db1").encode()).hexdigest(), title="disk", source="pagerduty", severity="medium",
         fired_at=datetime(2015, 7, 17, 8, 42, 58, 315000, tzinfo=UTC),
         labels={"free": "3.5", "mounts": '["/"]', "note": "x", "component": "pg", "class": "disk",
                 "pagerduty_source": "db1"}, dedup="open")]
@@ -184,21 +187,21 @@ def test_pagerduty_trigger_without_dedup_key_is_deterministic():
 @pytest.mark.parametrize(("action", "status"), [("acknowledge", "acknowledged"), ("resolve", "resolved")])
 def test_pagerduty_status_change(action, status):
     event = pagerduty.PagerDutyEvent.model_validate({"routing_key": "r", "dedup_key": "k", "event_action": action})
-    assert pagerduty.to_alerts(event, **KW) == [StatusChange("k", status, RECEIVED)]
+    assert pagerduty.to_alerts(event, **KW) == [StatusChange("pagerduty:k", status, RECEIVED)]
 
 
 def test_opsgenie_create_minimal_and_tags():
     body = opsgenie.OpsgenieCreate.model_validate(
         {"message": "m", "tags": ["a", "b"], "entity": "e", "priority": "P1", "details": {"k": "v"}})
     assert opsgenie.to_alerts(body, received_at=RECEIVED, severity_words=DEFAULT_SEVERITY_MAP) == [AlertIn(
-        fingerprint=hashlib.sha256(b"m").hexdigest(),  # no alias: derived from the message
+        fingerprint="opsgenie:" + hashlib.sha256(b"m").hexdigest(),  # no alias: derived from the message
         title="m", source="opsgenie", severity="critical", fired_at=RECEIVED,
         labels={"k": "v", "tags": "a,b", "entity": "e"}, dedup="open")]
 
 
 def test_opsgenie_acknowledge():
     assert opsgenie.status_change("al", "acknowledge", received_at=RECEIVED) == [
-        StatusChange("al", "acknowledged", RECEIVED)]
+        StatusChange("opsgenie:al", "acknowledged", RECEIVED)]
 
 
 # --- generic format -----------------------------------------------------------------------------

@@ -39,6 +39,11 @@ class OpsgenieAction(BaseModel):
     note: StrictStr | None = None
 
 
+def key(alias: str) -> str:
+    """Our fingerprint for an Opsgenie alias (namespaced, see `pagerduty.key`)."""
+    return f"opsgenie:{alias}"
+
+
 def to_alerts(
     body: OpsgenieCreate, *, received_at: datetime, severity_words: Mapping[str, str], default_severity: str = "P3"
 ) -> list[AlertIn]:
@@ -48,10 +53,14 @@ def to_alerts(
         labels["tags"] = ",".join(body.tags)
     if body.entity:
         labels["entity"] = body.entity
+    if body.source:
+        labels["opsgenie_source"] = body.source
     return [AlertIn(
-        fingerprint=body.alias or derived_key(body.message),
+        fingerprint=key(body.alias or derived_key(body.message)),
         title=body.message,
-        source=body.source or "opsgenie",
+        # Opsgenie's `source` is where the call came from (Alertmanager puts its URL there),
+        # not the monitoring system: keep it as a label
+        source="opsgenie",
         severity=normalize_severity(body.priority, severity_words, default_severity, ("body", "priority")),
         fired_at=as_utc(received_at),  # Opsgenie requests carry no time
         labels=labels,
@@ -77,4 +86,4 @@ def status_change(
     if not identifier.strip():
         raise InputError(("path", "identifier"), "empty alias", identifier)
     status = "resolved" if action == "close" else "acknowledged"
-    return [StatusChange(fingerprint=identifier, status=status, at=as_utc(received_at))]
+    return [StatusChange(fingerprint=key(identifier), status=status, at=as_utc(received_at))]

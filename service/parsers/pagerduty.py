@@ -42,6 +42,12 @@ def _text(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, sort_keys=True)
 
 
+def key(dedup_key: str) -> str:
+    """Our fingerprint for a PagerDuty dedup_key. Namespaced: Alertmanager sends the same
+    sha256(groupKey) as PagerDuty dedup_key and as Opsgenie alias, and the two must not meet."""
+    return f"pagerduty:{dedup_key}"
+
+
 def to_alerts(
     body: PagerDutyEvent, *, received_at: datetime, severity_words: Mapping[str, str], default_severity: str
 ) -> list[AlertIn | StatusChange]:
@@ -51,7 +57,7 @@ def to_alerts(
         if not body.dedup_key:
             raise InputError(("body", "dedup_key"), f"required for event_action {body.event_action!r}")
         status = "resolved" if body.event_action == "resolve" else "acknowledged"
-        return [StatusChange(fingerprint=body.dedup_key, status=status, at=received_at)]
+        return [StatusChange(fingerprint=key(body.dedup_key), status=status, at=received_at)]
 
     p = body.payload
     if p is None:
@@ -65,7 +71,7 @@ def to_alerts(
     annotations = {k: v for k, v in (("client", body.client), ("client_url", body.client_url)) if v}
     return [AlertIn(
         # PagerDuty would generate a random key; ours is deterministic so a retried trigger dedups
-        fingerprint=body.dedup_key or derived_key(body.routing_key, p.summary, p.source or ""),
+        fingerprint=key(body.dedup_key or derived_key(body.routing_key, p.summary, p.source or "")),
         title=p.summary,
         source="pagerduty",
         severity=normalize_severity(p.severity, severity_words, default_severity, ("body", "payload", "severity")),
