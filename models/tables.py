@@ -119,7 +119,8 @@ class Alert(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     external_id: Mapped[str | None] = mapped_column(String(255))
-    fingerprint: Mapped[str] = mapped_column(String(255))
+    # 16 hex digits from Alertmanager; a prefixed sha256 for PagerDuty/Opsgenie keys; up to 512 + prefix (Opsgenie alias)
+    fingerprint: Mapped[str] = mapped_column(String(600))
     title: Mapped[str] = mapped_column(String(500))
     source: Mapped[str] = mapped_column(String(100))
     severity: Mapped[str] = mapped_column(String(20))

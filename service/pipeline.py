@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, Literal
 
+from sqlalchemy import event
 from sqlalchemy.orm import Session
 
 from models.tables import Alert
@@ -23,6 +24,8 @@ from service.parsers.common import StatusChange
 from service.rules import Rules
 
 SYSTEM = "alertlink"
+# session.info key: the event time a transaction moves the clock to when it commits
+EVENT_TIME = "alertlink.event_time"
 
 
 class EventClock:
@@ -104,6 +107,10 @@ class Pipeline:
 
         if item.dedup == "open":  # a key with no start time: the open alert with that key
             row = repo.latest_unresolved(session, item.fingerprint)
+            if row is None and repo.find_occurrence(session, item.fingerprint, item.fired_at) is not None:
+                # a trigger after the resolve opens a new alert (PagerDuty's rule); its timestamp
+                # is the old one, so the new occurrence starts when it arrived
+                item = replace(item, fired_at=received_at)
         else:
             row = repo.find_occurrence(session, item.fingerprint, item.fired_at)
         if row is not None:  # the same alert again: idempotent
@@ -114,21 +121,35 @@ class Pipeline:
 
         if item.status == "resolved":
             # Alertmanager's resolve may carry startsAt = endsAt: match by fingerprint alone
+            ended = item.resolved_at or item.fired_at
             open_row = repo.latest_unresolved(session, item.fingerprint)
-            if open_row is not None and open_row.fired_at <= (item.resolved_at or item.fired_at):
-                open_row.status, open_row.resolved_at = "resolved", item.resolved_at or received_at
-                open_row.last_received_at = received_at
+            if open_row is not None and open_row.fired_at <= ended:
+                repo.refresh_alert(open_row, item, received_at, keep_content=True)
                 return Outcome(index, open_row.id, "resolved")
+            done = repo.latest_resolved(session, item.fingerprint, ended)
+            if done is not None:  # that resolve again (a retry)
+                repo.refresh_alert(done, item, received_at, keep_content=True)
+                return Outcome(index, done.id, "redelivered")
             # never seen firing: keep it (nothing accepted is lost) but decide nothing on it
             row = repo.insert_alert(session, item, received_at)
             return Outcome(index, row.id, "created", {"kind": "none", "reason": "arrived resolved"})
 
         row = repo.insert_alert(session, item, received_at)
-        now = self.clock.advance(item.fired_at)
+        now = self.event_time(session, item.fired_at)
         self.flush_expired(session, now)
         decision = self.decide(session, row)
         incident_id = self.apply(session, decision, row)
         return Outcome(index, row.id, "created", describe(decision, incident_id))
+
+    def event_time(self, session: Session, t: datetime) -> datetime:
+        """Event time for this transaction: the clock moved to `t`, but only for
+        good once the transaction commits (a rolled-back alert moves nothing)."""
+        now = max(t, self.clock.now or t, session.info.get(EVENT_TIME, t))
+        if EVENT_TIME not in session.info:
+            event.listen(session, "after_commit", lambda s: self.clock.advance(s.info.pop(EVENT_TIME)), once=True)
+            event.listen(session, "after_rollback", lambda s: s.info.pop(EVENT_TIME, None), once=True)
+        session.info[EVENT_TIME] = now
+        return now
 
     # ---------------------------------------------------------- decide
     def decide(self, session: Session, row: Alert) -> Decision:
@@ -193,4 +214,4 @@ class Pipeline:
     def tick(self, session: Session, wall_now: datetime) -> list[FlushOutcome]:
         """Live operation: advance event time by the wall clock and flush."""
         repo.lock_decisions(session)
-        return self.flush_expired(session, self.clock.advance(wall_now))
+        return self.flush_expired(session, self.event_time(session, wall_now))

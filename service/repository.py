@@ -45,9 +45,25 @@ def latest_unresolved(session: Session, fingerprint: str) -> Alert | None:
     ).first()
 
 
+def latest_resolved(session: Session, fingerprint: str, resolved_at: datetime) -> Alert | None:
+    """The resolved occurrence that ended at `resolved_at` (to recognise a resolve sent again)."""
+    return session.scalars(
+        select(Alert).where(Alert.fingerprint == fingerprint, Alert.status == "resolved",
+                            Alert.resolved_at == resolved_at)
+        .order_by(Alert.fired_at.desc(), Alert.id.desc()).limit(1)
+    ).first()
+
+
+def _fit(text: str, column: Any) -> str:
+    """Cut text to its column's length (a vendor's long title must not fail a whole batch)."""
+    limit = column.type.length
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def insert_alert(session: Session, a: AlertIn, received_at: datetime) -> Alert:
     row = Alert(
-        external_id=a.external_id, fingerprint=a.fingerprint, title=a.title, source=a.source,
+        external_id=a.external_id, fingerprint=a.fingerprint, title=_fit(a.title, Alert.title),
+        source=_fit(a.source, Alert.source),
         severity=a.severity, fired_at=a.fired_at, resolved_at=a.resolved_at, status=a.status,
         labels=dict(a.labels), annotations=dict(a.annotations), delivery_count=1,
         received_at=received_at, last_received_at=received_at,
@@ -57,10 +73,12 @@ def insert_alert(session: Session, a: AlertIn, received_at: datetime) -> Alert:
     return row
 
 
-def refresh_alert(row: Alert, a: AlertIn, received_at: datetime) -> None:
-    """A re-delivery of a stored occurrence: keep the newest content, count it."""
-    row.title, row.severity, row.source = a.title, a.severity, a.source
-    row.labels, row.annotations = dict(a.labels), dict(a.annotations)
+def refresh_alert(row: Alert, a: AlertIn, received_at: datetime, *, keep_content: bool = False) -> None:
+    """Another delivery of a stored occurrence: count it and keep the newest content
+    (unless it is a resolve matched by fingerprint only, which may carry stale text)."""
+    if not keep_content:
+        row.title, row.severity, row.source = _fit(a.title, Alert.title), a.severity, _fit(a.source, Alert.source)
+        row.labels, row.annotations = dict(a.labels), dict(a.annotations)
     row.delivery_count += 1
     row.last_received_at = received_at
     if a.status == "resolved" and row.status != "resolved":
@@ -190,7 +208,7 @@ def links_of_incident(session: Session, incident_id: int, *, include_removed: bo
                  .where(AlertIncidentLink.incident_id == incident_id))
     if not include_removed:
         q = q.where(AlertIncidentLink.removed_at.is_(None))
-    return session.execute(q.order_by(Alert.fired_at, Alert.id)).tuples().all()
+    return session.execute(q.order_by(Alert.fired_at, Alert.id)).all()  # type: ignore[return-value]
 
 
 def links_of_alert(session: Session, alert_id: int, *, include_removed: bool = False
@@ -199,7 +217,7 @@ def links_of_alert(session: Session, alert_id: int, *, include_removed: bool = F
                  .where(AlertIncidentLink.alert_id == alert_id))
     if not include_removed:
         q = q.where(AlertIncidentLink.removed_at.is_(None))
-    return session.execute(q.order_by(Incident.created_at, Incident.id)).tuples().all()
+    return session.execute(q.order_by(Incident.created_at, Incident.id)).all()  # type: ignore[return-value]
 
 
 def incidents_of_alerts(session: Session, alert_ids: Iterable[int]) -> dict[int, int]:

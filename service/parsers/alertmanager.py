@@ -24,7 +24,7 @@ class AlertmanagerAlert(BaseModel):
     startsAt: StrictStr | None = None
     endsAt: StrictStr | None = None
     generatorURL: StrictStr | None = None
-    fingerprint: StrictStr | None = None
+    fingerprint: StrictStr | None = Field(default=None, max_length=512)
 
 
 class AlertmanagerWebhook(BaseModel):

@@ -45,13 +45,13 @@ class GenericAlert(BaseModel):
     title: Annotated[str, StringConstraints(strict=True, strip_whitespace=True, min_length=1)]
     severity: StrictStr | None = None
     source: NonEmptyStr = "api"
-    fingerprint: NonEmptyStr | None = None
+    fingerprint: NonEmptyStr | None = Field(default=None, max_length=512)
     fired_at: StrictStr | None = None
     resolved_at: StrictStr | None = None
     status: Literal["firing", "resolved"] | None = None
     labels: dict[str, StrictStr] = Field(default_factory=dict)
     annotations: dict[str, StrictStr] = Field(default_factory=dict)
-    external_id: NonEmptyStr | None = None
+    external_id: NonEmptyStr | None = Field(default=None, max_length=255)
 
 
 _Many = Annotated[list[GenericAlert], Field(min_length=1)]

@@ -18,7 +18,7 @@ class OpsgenieCreate(BaseModel):
     model_config = _LIBERAL
 
     message: NonEmptyStr
-    alias: StrictStr | None = None
+    alias: StrictStr | None = Field(default=None, max_length=512)
     description: StrictStr | None = None
     tags: list[StrictStr] = Field(default_factory=list)
     details: dict[str, StrictStr] = Field(default_factory=dict)

@@ -106,7 +106,7 @@ def change_status(incident_id: int, body: StatusRequest, session: DecisionSessio
         incident.acknowledged_at = now
     if body.status == "resolved":
         incident.resolved_at = incident.resolved_at or now
-    if body.status == "open":
+    if body.status != "resolved":  # reopened or acknowledged again: no longer resolved
         incident.resolved_at = None
     if body.root_cause is not None:
         incident.root_cause = body.root_cause

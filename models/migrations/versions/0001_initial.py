@@ -53,7 +53,7 @@ def upgrade() -> None:
         "alerts",
         sa.Column("id", sa.Integer(), nullable=False),
         sa.Column("external_id", sa.String(255), nullable=True),
-        sa.Column("fingerprint", sa.String(255), nullable=False),
+        sa.Column("fingerprint", sa.String(600), nullable=False),
         sa.Column("title", sa.String(500), nullable=False),
         sa.Column("source", sa.String(100), nullable=False),
         sa.Column("severity", sa.String(20), nullable=False),
