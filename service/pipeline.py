@@ -10,7 +10,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from sqlalchemy import event
@@ -18,10 +18,12 @@ from sqlalchemy.orm import Session
 
 from models.tables import Alert
 from service import repository as repo
-from service.decide import Decision, Drop, Link, Open, Pend, decide, expired, flush
+from service.decide import Decision, Drop, Link, Open, Pend, Scored, decide, expired, flush
+from service.features import CooccurrenceStats, Vocabulary, link_features
 from service.domain import AlertIn
 from service.parsers.common import StatusChange
-from service.rules import Rules
+from service.rules import AlertFacts, Rules
+from service.weights import Weights
 
 SYSTEM = "alertlink"
 # session.info key: the event time a transaction moves the clock to when it commits
@@ -65,6 +67,28 @@ class FlushOutcome:
     alert_ids: list[int]
 
 
+def match_types(features: dict[str, float]) -> tuple[str, ...]:
+    """Which kinds of evidence carried a score, in words a responder reads."""
+    out = []
+    if features.get("fingerprint"):
+        out.append("fingerprint")
+    if features.get("shared_label"):
+        out.append("labels")
+    if features.get("cooc_kind", 0) >= 0.3 or features.get("pmi_kind", 0) >= 1.0:
+        out.append("co-occurrence")
+    if features.get("semantic", 0) >= 0.6:
+        out.append("semantic")
+    if features.get("gap_e1", 0) >= 0.5:
+        out.append("time")
+    return tuple(out)
+
+
+def _json(components: Any) -> dict[str, Any] | None:
+    return None if components is None else {k: (round(v, 6) if isinstance(v, float) else
+                                                _json(v) if isinstance(v, dict) else v)
+                                            for k, v in components.items()}
+
+
 def describe(decision: Decision, incident_id: int | None = None) -> dict[str, Any]:
     """A decision as the API reports it."""
     out: dict[str, Any] = {"kind": decision.kind, "reason": decision.reason}
@@ -72,6 +96,8 @@ def describe(decision: Decision, incident_id: int | None = None) -> dict[str, An
         out |= {"incident_id": decision.incident_id, "link_type": "auto_correlated", "rule": decision.rule}
     elif isinstance(decision, Open):
         out |= {"incident_id": incident_id, "link_type": "auto_created", "rule": decision.rule}
+    if isinstance(decision, (Link, Open)) and decision.score is not None:
+        out["score"] = round(decision.score, 4)
     elif isinstance(decision, Pend):
         out |= {"rule": f"aggregation:{decision.rule}", "group_key": decision.group_key,
                 "expires_at": decision.expires_at.isoformat()}
@@ -79,9 +105,13 @@ def describe(decision: Decision, incident_id: int | None = None) -> dict[str, An
 
 
 class Pipeline:
-    def __init__(self, rules: Rules, clock: EventClock | None = None) -> None:
+    def __init__(self, rules: Rules, clock: EventClock | None = None, *, weights: Weights | None = None,
+                 stats: CooccurrenceStats | None = None) -> None:
         self.rules = rules
         self.clock = clock or EventClock()
+        # without weights the scorer is off and the rules alone decide (the spine's behaviour)
+        self.weights = weights
+        self.stats = stats or CooccurrenceStats(weights.vocabulary if weights else Vocabulary())
         # one deciding transaction at a time in this process (see repository.lock_decisions
         # for several processes): decisions read and write open incidents and pending groups
         self.decision_lock = threading.Lock()
@@ -159,17 +189,41 @@ class Pipeline:
         incidents = repo.active_incidents(session, facts.fired_at - window, facts,
                                           [link.match_fields, create.match_fields])
         groups = {(g.rule, g.group_key): g for g in repo.pending_groups(session)}
-        return decide(facts, incidents, groups, self.rules)
+        if self.weights is None:
+            return decide(facts, incidents, groups, self.rules)
+        scored = self.score(session, row, facts)
+        return decide(facts, incidents, groups, self.rules, scored, self.weights.auto_link_at)
+
+    def score(self, session: Session, row: Alert, facts: AlertFacts) -> list[Scored]:
+        """The scorer's verdict on every candidate in the window."""
+        assert self.weights is not None
+        since = facts.fired_at - timedelta(minutes=self.weights.window_minutes)
+        out = []
+        for candidate in repo.scorer_candidates(session, row, since):
+            features = link_features(facts, candidate, self.stats)
+            score, parts = self.weights.link_score(features)
+            first = candidate.members[0]
+            out.append(Scored(candidate.incident_id, candidate.alert_id, round(score, 6),
+                              {"intercept": self.weights.link.intercept, **parts, "features": features},
+                              match_types(features), first.title, first.severity))
+        return out
 
     # ----------------------------------------------------------- apply
+    def _version(self, rule: str) -> str:
+        """What decided a link: the weights file for the scorer, the rules files otherwise."""
+        if rule == "scorer" and self.weights is not None:
+            return f"weights-{self.weights.version}"
+        return self.rules.version
+
     def apply(self, session: Session, decision: Decision | Drop, row: Alert | None) -> int | None:
         """Write a decision: links, incidents, groups and timeline events."""
-        version = self.rules.version
         if isinstance(decision, Link):
             incident = repo.get_incident(session, decision.incident_id)
             assert incident is not None and row is not None
             repo.add_link(session, alert=row, incident=incident, link_type="auto_correlated",
-                          linked_at=row.fired_at, linked_by=SYSTEM, rule=decision.rule, version=version)
+                          linked_at=row.fired_at, linked_by=SYSTEM, rule=decision.rule,
+                          score=decision.score, components=_json(decision.components),
+                          version=self._version(decision.rule))
             repo.add_event(session, incident.id, "alert_linked", row.fired_at, SYSTEM, alert_id=row.id,
                            link_type="auto_correlated", rule=decision.rule, reason=decision.reason)
             return incident.id
@@ -183,9 +237,11 @@ class Pipeline:
             for alert_id in decision.alert_ids:
                 repo.add_link(session, alert=alerts[alert_id], incident=incident, link_type="auto_created",
                               linked_at=decision.opened_at, linked_by=SYSTEM, rule=decision.rule,
-                              version=version)
+                              score=decision.score, components=_json(decision.components),
+                              version=self._version(decision.rule))
             if decision.group_id is not None:
                 repo.delete_group(session, decision.group_id)
+            repo.drop_from_groups(session, decision.alert_ids)
             return incident.id
         if isinstance(decision, Pend):
             assert row is not None
@@ -215,3 +271,14 @@ class Pipeline:
         """Live operation: advance event time by the wall clock and flush."""
         repo.lock_decisions(session)
         return self.flush_expired(session, self.event_time(session, wall_now))
+
+
+def learn_stats(session: Session, vocabulary: Vocabulary) -> CooccurrenceStats:
+    """Co-occurrence statistics from the resolved incidents and the alerts linked to nothing."""
+    incidents, noise = repo.history_for_stats(session)
+    stats = CooccurrenceStats(vocabulary)
+    for members in incidents:
+        stats.add_incident(members)
+    for labels, title in noise:
+        stats.add_noise(labels, title)
+    return stats

@@ -20,9 +20,10 @@ from models.db import make_engine, make_session_factory, migrate
 from models.tables import Alert, AlertIncidentLink, Incident
 from service import repository as repo
 from service.parsers import generic
-from service.pipeline import EventClock, Pipeline
+from service.pipeline import EventClock, Pipeline, learn_stats
 from service.rules import Rules
 from service.settings import Settings
+from service.weights import Weights
 
 HISTORY_ACTOR = "history"
 
@@ -94,7 +95,7 @@ def stream_events(rows: list[dict[str, Any]]) -> list[tuple[str, int, dict[str, 
     return [("fire" if kind == 0 else "resolve", i, r) for _, kind, i, r in events]
 
 
-def replay(data: Path, settings: Settings, rules: Rules) -> ReplayResult:
+def replay(data: Path, settings: Settings, rules: Rules, weights: Weights | None = None) -> ReplayResult:
     engine = make_engine("sqlite://")  # a fresh database for every replay
     try:
         migrate(engine)
@@ -103,7 +104,9 @@ def replay(data: Path, settings: Settings, rules: Rules) -> ReplayResult:
             history = load_history(session, data, settings)
         our_to_external = {v: k for k, v in history.items()}
 
-        pipeline = Pipeline(rules, EventClock())
+        with factory() as session:
+            stats = learn_stats(session, weights.vocabulary) if weights else None
+        pipeline = Pipeline(rules, EventClock(), weights=weights, stats=stats)
         rows = list(read_jsonl(data / "stream" / "alerts.jsonl"))
         stored: dict[str, int] = {}
         last: datetime | None = None

@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session, selectinload
 
 from models.tables import Alert, AlertIncidentLink, Incident, IncidentEvent, PendingGroup, PendingGroupAlert
 from service.decide import GroupFacts, IncidentFacts, label_name
+from service.features import Candidate, Member
 from service.domain import AlertIn
 from service.rules import AlertFacts
 
@@ -263,3 +264,67 @@ def delete_group(session: Session, group_id: int) -> None:
     group = session.get(PendingGroup, group_id)
     if group is not None:
         session.delete(group)
+
+
+# -------------------------------------------------------- scorer candidates
+
+def _member(alert: Alert) -> Member:
+    return Member(alert.fingerprint, alert.title, alert.severity, dict(alert.labels or {}), alert.fired_at,
+                  alert.resolved_at if alert.status == "resolved" else None)
+
+
+def scorer_candidates(session: Session, alert: Alert, since: datetime) -> list[Candidate]:
+    """What the scorer may put `alert` with: incidents not resolved with an alert at or
+    after `since`, and alerts since then that were never linked to anything (a link a
+    responder removed counts: that alert is not paired again automatically)."""
+    incidents = list(session.scalars(
+        select(Incident.id).where(Incident.status != "resolved", Incident.last_activity_at >= since)))
+    out: list[Candidate] = []
+    if incidents:
+        members: dict[int, list[Member]] = {}
+        for incident_id, member in session.execute(
+            select(AlertIncidentLink.incident_id, Alert).join(Alert, Alert.id == AlertIncidentLink.alert_id)
+            .where(AlertIncidentLink.incident_id.in_(incidents), AlertIncidentLink.removed_at.is_(None),
+                   Alert.id != alert.id)
+            .order_by(AlertIncidentLink.incident_id, Alert.fired_at, Alert.id)
+        ):
+            members.setdefault(incident_id, []).append(_member(member))
+        out += [Candidate(i, None, tuple(members[i])) for i in incidents if i in members]
+    ever_linked = select(AlertIncidentLink.id).where(AlertIncidentLink.alert_id == Alert.id).exists()
+    loose = session.scalars(
+        select(Alert).where(Alert.fired_at >= since, Alert.fired_at <= alert.fired_at, Alert.id != alert.id,
+                            ~ever_linked)
+        .order_by(Alert.fired_at, Alert.id))
+    out += [Candidate(None, a.id, (_member(a),)) for a in loose]
+    return out
+
+
+def drop_from_groups(session: Session, alert_ids: Iterable[int]) -> None:
+    """Alerts that joined an incident leave their pending groups (and an emptied group goes)."""
+    ids = list(alert_ids)
+    rows = session.scalars(select(PendingGroupAlert).where(PendingGroupAlert.alert_id.in_(ids))).all()
+    groups = {r.group_id for r in rows}
+    for r in rows:
+        session.delete(r)
+    session.flush()
+    for group_id in groups:
+        if not session.scalar(select(func.count()).where(PendingGroupAlert.group_id == group_id)):
+            delete_group(session, group_id)
+
+
+def history_for_stats(session: Session) -> tuple[list[list[tuple[dict[str, str], str]]], list[tuple[dict[str, str], str]]]:
+    """(alerts of each resolved incident, alerts linked to nothing and resolved): what
+    co-occurrence statistics are learned from."""
+    by_incident: dict[int, list[tuple[dict[str, str], str]]] = {}
+    for incident_id, labels, title in session.execute(
+        select(AlertIncidentLink.incident_id, Alert.labels, Alert.title)
+        .join(Alert, Alert.id == AlertIncidentLink.alert_id)
+        .join(Incident, Incident.id == AlertIncidentLink.incident_id)
+        .where(Incident.status == "resolved", AlertIncidentLink.removed_at.is_(None))
+        .order_by(AlertIncidentLink.incident_id, Alert.id)
+    ):
+        by_incident.setdefault(incident_id, []).append((dict(labels or {}), title))
+    ever_linked = select(AlertIncidentLink.id).where(AlertIncidentLink.alert_id == Alert.id).exists()
+    noise = [(dict(labels or {}), title) for labels, title in session.execute(
+        select(Alert.labels, Alert.title).where(Alert.status == "resolved", ~ever_linked).order_by(Alert.id))]
+    return list(by_incident.values()), noise

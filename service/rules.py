@@ -24,6 +24,11 @@ INCIDENT_RULES_FILE = "incident-rules.yaml"
 AGGREGATION_RULES_FILE = "aggregation-rules.yaml"
 
 
+def seed_rules_dir() -> Path:
+    """The seed design's two rule files, shipped for comparison (`--rules` this folder)."""
+    return Path(str(resources.files("service").joinpath("defaults", "seed")))
+
+
 class RulesError(ValueError):
     """A rules file that cannot be used; the message names the file and the field."""
 

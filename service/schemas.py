@@ -144,4 +144,5 @@ class Health(BaseModel):
     database: str
     schema_revision: str | None
     rules_version: str
+    weights_version: str | None
     event_time: datetime | None

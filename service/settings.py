@@ -38,6 +38,10 @@ class Settings(BaseSettings):
     database_url: str = Field(default_factory=default_database_url)
     # folder holding incident-rules.yaml and aggregation-rules.yaml; None = the shipped defaults
     rules_dir: Path | None = None
+    # the scorer's weights file; None = the shipped default (service/defaults/weights.yaml)
+    weights_path: Path | None = None
+    # false: no scorer, the rules alone decide (the seed design's behaviour)
+    scorer: bool = True
     severity_map: dict[str, str] = Field(default_factory=dict)
     # severity given to an alert that carries none at all (e.g. no `severity` label)
     default_severity: str = "medium"

@@ -7,7 +7,7 @@ import pytest
 from helpers import REQUESTS, Clock, am_alert, am_webhook, api, endpoint, fixture, generic, iso
 from models.db import head_revision
 from service.parsers import opsgenie, pagerduty
-from service.rules import load_rules
+from service.rules import load_rules, seed_rules_dir
 from service.settings import Settings
 
 CAPTURED = datetime(2026, 12, 3, 16, 0, tzinfo=UTC)  # a little after the fixtures were captured
@@ -17,7 +17,7 @@ GROUP_KEY = "97510b418c30a6bc221ab8cd7f4d49d287215a8f33fc7173ad6f03934114edfb"  
 PD_GROUP, OG_GROUP = pagerduty.key(GROUP_KEY), opsgenie.key(GROUP_KEY)  # the same key, apart per vendor
 CHECKOUT_1, CHECKOUT_2 = "c6a1950e679c4c03", "a285b018731604c0"
 AUTO_CREATE_REASON = "severity_in [critical, high], source_not_in [load-tests, synthetic-monitors]"
-RULES_VERSION = load_rules(None, Settings().severity_words()).version
+RULES_VERSION = load_rules(seed_rules_dir(), Settings().severity_words()).version
 
 
 @pytest.fixture
@@ -390,7 +390,7 @@ def test_health(client):
     first = client.get("/health").json()
     post(client, "/alerts", checkout("CheckoutDown", "critical", T0))
     assert (first, client.get("/health").json()["event_time"]) == (
-        {"status": "ok", "database": "sqlite", "schema_revision": head_revision(), "rules_version": RULES_VERSION,
+        {"status": "ok", "database": "sqlite", "schema_revision": head_revision(), "rules_version": RULES_VERSION, "weights_version": None,
          "event_time": None}, iso(T0))
 
 

@@ -16,10 +16,10 @@ import pytest
 
 from factories import alert, group, groups_by_key, incident, rules_from_yaml, t
 from service.decide import Drop, Link, NoAction, Open, Pend, decide, expired, flush
-from service.rules import load_rules
+from service.rules import load_rules, seed_rules_dir
 from service.settings import DEFAULT_SEVERITY_MAP
 
-DEFAULTS = load_rules(None, DEFAULT_SEVERITY_MAP)
+DEFAULTS = load_rules(seed_rules_dir(), DEFAULT_SEVERITY_MAP)  # the seed design's rules
 NO_LINK = replace(DEFAULTS, auto_link=replace(DEFAULTS.auto_link, enabled=False))
 NO_CREATE = replace(DEFAULTS, auto_create=replace(DEFAULTS.auto_create, enabled=False))
 NEITHER = replace(NO_LINK, auto_create=NO_CREATE.auto_create)

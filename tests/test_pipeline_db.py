@@ -12,13 +12,13 @@ from service import repository as repo
 from service.decide import IncidentFacts
 from service.parsers.common import StatusChange
 from service.pipeline import FlushOutcome, Pipeline
-from service.rules import AlertFacts, load_rules
+from service.rules import AlertFacts, load_rules, seed_rules_dir
 from service.settings import Settings
 
 T0 = datetime(2026, 12, 3, 12, 0, tzinfo=UTC)
 RECEIVED = datetime(2026, 12, 3, 16, 0, tzinfo=UTC)
 MIN = timedelta(minutes=1)
-RULES = load_rules(None, Settings().severity_words())
+RULES = load_rules(seed_rules_dir(), Settings().severity_words())
 CHECKOUT = {"service": "checkout", "environment": "production"}
 CART = {"service": "cart", "environment": "production"}
 TABLES = (Alert, Incident, AlertIncidentLink, IncidentEvent, PendingGroup, PendingGroupAlert)

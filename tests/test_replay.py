@@ -94,7 +94,7 @@ def test_rules_that_decide_nothing_link_nothing(small_data: Path, tmp_path: Path
     (rules / "incident-rules.yaml").write_text(yaml.safe_dump(incident_rules))
     (rules / "aggregation-rules.yaml").write_text(yaml.safe_dump({"rules": []}))
 
-    predictions = run_replay(small_data, tmp_path / "predictions.jsonl", "--rules", str(rules))
+    predictions = run_replay(small_data, tmp_path / "predictions.jsonl", "--rules", str(rules), "--rules-only")
     stream = load_jsonl(small_data / "stream" / "alerts.jsonl")
     assert [p["alert_id"] for p in predictions] == [a["id"] for a in stream]
     assert [p["incident_id"] for p in predictions if p["incident_id"] is not None] == []

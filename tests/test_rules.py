@@ -10,11 +10,11 @@ import pytest
 
 from factories import alert, condition
 from service.rules import (AggregationRule, AutoCreate, AutoLink, Condition, RulesError, all_hold,
-                           load_rules, parse_duration)
+                           load_rules, parse_duration, seed_rules_dir)
 from service.settings import DEFAULT_SEVERITY_MAP
 
 WORDS = DEFAULT_SEVERITY_MAP
-DEFAULTS_DIR = Path(str(resources.files("service").joinpath("defaults")))
+DEFAULTS_DIR = seed_rules_dir()  # the seed design's files: what the rules grammar was written for
 
 # ------------------------------------------------------------------ conditions
 
@@ -89,8 +89,15 @@ def test_all_hold(conditions, facts, expected):
 
 # ------------------------------------------------------------- the defaults
 
-def test_shipped_defaults_load_as_the_seed_wrote_them():
+def test_shipped_defaults_leave_grouping_to_the_scorer():
     rules = load_rules(None, WORDS)
+    assert (rules.auto_create.enabled, rules.auto_create.match_fields, rules.auto_link.enabled,
+            [(r.name, r.group_by, r.min_alerts) for r in rules.aggregation]) == (
+        True, (), False, [("deployment-alerts", ("label:deployment_id",), 1)])
+
+
+def test_seed_rules_load_as_the_seed_wrote_them():
+    rules = load_rules(seed_rules_dir(), WORDS)
     match_fields = ("fingerprint", "service", "environment")
     assert (rules.auto_create, rules.auto_link) == (
         AutoCreate(enabled=True,
@@ -293,7 +300,7 @@ def copy_defaults(folder: Path) -> Path:
 
 def test_version_is_stable_for_the_same_files(tmp_path):
     copy = copy_defaults(tmp_path / "copy")
-    versions = {load_rules(None, WORDS).version, load_rules(None, WORDS).version,
+    versions = {load_rules(DEFAULTS_DIR, WORDS).version, load_rules(DEFAULTS_DIR, WORDS).version,
                 load_rules(copy, WORDS).version}
     assert len(versions) == 1 and re.fullmatch(r"rules-[0-9a-f]{12}", versions.pop())
 

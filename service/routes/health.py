@@ -13,4 +13,6 @@ router = APIRouter(tags=["health"])
 def health(request: Request, session: SessionDep, pipeline: PipelineDep) -> Health:
     engine = request.state.engine
     return Health(status="ok", database=engine.dialect.name, schema_revision=current_revision(engine),
-                  rules_version=pipeline.rules.version, event_time=pipeline.clock.now)
+                  rules_version=pipeline.rules.version,
+                  weights_version=pipeline.weights.version if pipeline.weights else None,
+                  event_time=pipeline.clock.now)
