@@ -1,5 +1,5 @@
-"""The data model: incidents, alerts, the links between them, the incident timeline
-and the pending aggregation groups. Tables only; no business logic lives here.
+"""The data model: incidents (with their embeddings), alerts, the links between them,
+suggested links, the incident timeline and the pending aggregation groups. Tables only; no business logic lives here.
 
 Runs on SQLite (the embedded default) and PostgreSQL. Every time is stored as
 UTC and read back timezone-aware (`UTCDateTime`), so the decision code never
@@ -18,6 +18,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Text,
@@ -30,6 +31,7 @@ SEVERITIES = ("critical", "high", "medium", "low", "info")
 INCIDENT_STATUSES = ("open", "acknowledged", "resolved")
 ALERT_STATUSES = ("firing", "acknowledged", "resolved")
 LINK_TYPES = ("auto_created", "auto_correlated", "manual", "historical")
+SUGGESTION_STATUSES = ("open", "accepted", "dismissed")
 
 # Stable constraint names, so migrations can refer to them on every backend.
 NAMING = {
@@ -94,6 +96,12 @@ class Incident(Base):
     aggregation_key: Mapped[str | None] = mapped_column(String(500))
     # event time of the newest alert linked (or the creation): windows are measured on it
     last_activity_at: Mapped[datetime]
+    # float32 little-endian unit vector of indexer.sync.incident_text(title, root_cause). The
+    # FAISS index is derived from these; embedding_key (sha256 of model name + "\0" + text)
+    # tells a retitle or a new model from a current embedding without re-embedding everything.
+    embedding: Mapped[bytes | None] = mapped_column(LargeBinary)
+    embedding_model: Mapped[str | None] = mapped_column(String(200))
+    embedding_key: Mapped[str | None] = mapped_column(String(64))
 
     links: Mapped[list[AlertIncidentLink]] = relationship(
         back_populates="incident", cascade="all, delete-orphan", passive_deletes=True
@@ -166,6 +174,34 @@ class AlertIncidentLink(Base):
 
     alert: Mapped[Alert] = relationship(back_populates="links")
     incident: Mapped[Incident] = relationship(back_populates="links")
+
+
+class Suggestion(Base):
+    """"This alert may belong to that incident": scored below the auto-link threshold, left
+    for a responder to accept or dismiss."""
+
+    __tablename__ = "suggestions"
+    __table_args__ = (
+        UniqueConstraint("alert_id", "incident_id", name="uq_suggestions_pair"),
+        CheckConstraint(_in("status", SUGGESTION_STATUSES), name="status"),
+        Index("ix_suggestions_incident_id", "incident_id"),
+        Index("ix_suggestions_alert_id", "alert_id"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    alert_id: Mapped[int] = mapped_column(ForeignKey("alerts.id", ondelete="CASCADE"))
+    incident_id: Mapped[int] = mapped_column(ForeignKey("incidents.id", ondelete="CASCADE"))
+    score: Mapped[float] = mapped_column(Double)
+    components: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    weights_version: Mapped[str] = mapped_column(String(255))
+    created_at: Mapped[datetime]
+    status: Mapped[str] = mapped_column(String(20), default="open")
+    decided_by: Mapped[str | None] = mapped_column(String(255))
+    decided_at: Mapped[datetime | None]
+
+    # one-way: the database cascades deletes, so Alert and Incident need no collection of these
+    alert: Mapped[Alert] = relationship()
+    incident: Mapped[Incident] = relationship()
 
 
 class IncidentEvent(Base):

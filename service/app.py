@@ -17,7 +17,7 @@ from fastapi.responses import JSONResponse
 from models.db import make_engine, make_session_factory, migrate
 from service import repository as repo
 from service.domain import InputError
-from service.pipeline import EventClock, Pipeline, learn_stats
+from service.pipeline import EventClock, Pipeline, learn_history
 from service.routes import alerts, health, incidents, integrations
 from service.rules import load_rules
 from service.settings import Settings
@@ -60,10 +60,11 @@ def create_app(settings: Settings, *, wall_clock: Callable[[], datetime] = utc_n
         weights = Weights.load(settings.weights_path) if settings.scorer else None
         with factory() as session:  # event time resumes where the stored alerts left it
             clock = EventClock(repo.newest_alert_time(session))
-            stats = learn_stats(session, weights.vocabulary) if weights else None
+            stats, similar = learn_history(session, weights) if weights else (None, None)
         state: dict[str, Any] = {
             "settings": settings, "engine": engine, "session_factory": factory,
-            "pipeline": Pipeline(rules, clock, weights=weights, stats=stats), "wall_clock": wall_clock,
+            "pipeline": Pipeline(rules, clock, weights=weights, stats=stats, similar=similar),
+            "wall_clock": wall_clock,
         }
         ticker = asyncio.create_task(_ticker(state, settings.tick_seconds)) if settings.clock == "live" else None
         try:

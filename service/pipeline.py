@@ -20,6 +20,7 @@ from models.tables import Alert
 from service import repository as repo
 from service.decide import Decision, Drop, Link, Open, Pend, Scored, decide, expired, flush
 from service.features import CooccurrenceStats, Vocabulary, link_features
+from service.similar import AlertText, KindIndex, SimilarHit, SimilarIncidents
 from service.domain import AlertIn
 from service.parsers.common import StatusChange
 from service.rules import AlertFacts, Rules
@@ -106,12 +107,13 @@ def describe(decision: Decision, incident_id: int | None = None) -> dict[str, An
 
 class Pipeline:
     def __init__(self, rules: Rules, clock: EventClock | None = None, *, weights: Weights | None = None,
-                 stats: CooccurrenceStats | None = None) -> None:
+                 stats: CooccurrenceStats | None = None, similar: SimilarIncidents | None = None) -> None:
         self.rules = rules
         self.clock = clock or EventClock()
         # without weights the scorer is off and the rules alone decide (the spine's behaviour)
         self.weights = weights
         self.stats = stats or CooccurrenceStats(weights.vocabulary if weights else Vocabulary())
+        self.similar = similar
         # one deciding transaction at a time in this process (see repository.lock_decisions
         # for several processes): decisions read and write open incidents and pending groups
         self.decision_lock = threading.Lock()
@@ -242,6 +244,7 @@ class Pipeline:
             if decision.group_id is not None:
                 repo.delete_group(session, decision.group_id)
             repo.drop_from_groups(session, decision.alert_ids)
+            self.add_context(session, incident.id, [alerts[i] for i in decision.alert_ids], decision.opened_at)
             return incident.id
         if isinstance(decision, Pend):
             assert row is not None
@@ -254,6 +257,24 @@ class Pipeline:
         if isinstance(decision, Drop):
             repo.delete_group(session, decision.group_id)
         return None
+
+    def find_similar(self, alerts: Sequence[Alert], k: int = 10) -> list[SimilarHit]:
+        return self.similar.find([alert_text(a) for a in alerts], k) if self.similar and alerts else []
+
+    def add_context(self, session: Session, incident_id: int, alerts: Sequence[Alert], at: datetime) -> None:
+        """A past incident this similar goes on the new incident's timeline, with its
+        root cause and fix: the first thing a responder wants to read."""
+        if self.weights is None:
+            return
+        hits = self.find_similar(alerts, 1)
+        if not hits or hits[0].score < self.weights.context_at:
+            return
+        past = repo.get_incident(session, hits[0].incident_id)
+        if past is None:
+            return
+        repo.add_event(session, incident_id, "similar_incident", at, SYSTEM, past_incident_id=past.id,
+                       title=past.title, root_cause=past.root_cause, summary=past.summary,
+                       score=hits[0].score, components=hits[0].components, weights_version=self.weights.version)
 
     # ----------------------------------------------------------- clock
     def flush_expired(self, session: Session, now: datetime) -> list[FlushOutcome]:
@@ -273,12 +294,18 @@ class Pipeline:
         return self.flush_expired(session, self.event_time(session, wall_now))
 
 
-def learn_stats(session: Session, vocabulary: Vocabulary) -> CooccurrenceStats:
-    """Co-occurrence statistics from the resolved incidents and the alerts linked to nothing."""
-    incidents, noise = repo.history_for_stats(session)
-    stats = CooccurrenceStats(vocabulary)
-    for members in incidents:
-        stats.add_incident(members)
-    for labels, title in noise:
-        stats.add_noise(labels, title)
-    return stats
+def alert_text(alert: Alert) -> AlertText:
+    return AlertText(alert.fingerprint, alert.title, dict(alert.labels or {}))
+
+
+def learn_history(session: Session, weights: Weights) -> tuple[CooccurrenceStats, SimilarIncidents]:
+    """Co-occurrence statistics and the kind index of past incidents, from the database."""
+    vocabulary = weights.vocabulary
+    by_incident, noise = repo.history(session)
+    stats, kinds = CooccurrenceStats(vocabulary), KindIndex(vocabulary)
+    for incident_id, alerts in by_incident.items():
+        stats.add_incident((dict(a.labels or {}), a.title) for a in alerts)
+        kinds.add(incident_id, map(alert_text, alerts))
+    for a in noise:
+        stats.add_noise(dict(a.labels or {}), a.title)
+    return stats, SimilarIncidents(weights.similar, kinds, by_incident)

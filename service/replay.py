@@ -20,7 +20,7 @@ from models.db import make_engine, make_session_factory, migrate
 from models.tables import Alert, AlertIncidentLink, Incident
 from service import repository as repo
 from service.parsers import generic
-from service.pipeline import EventClock, Pipeline, learn_stats
+from service.pipeline import EventClock, Pipeline, learn_history
 from service.rules import Rules
 from service.settings import Settings
 from service.weights import Weights
@@ -78,6 +78,15 @@ def load_history(session: Session, data: Path, settings: Settings) -> dict[str, 
     return {ext: i.id for ext, i in incidents.items()}
 
 
+def alerts_with(session: Session, alert_id: int) -> list[Alert]:
+    """The alert and the alerts of the incident it is linked to."""
+    incident_id = repo.incidents_of_alerts(session, [alert_id]).get(alert_id)
+    if incident_id is None:
+        alert = repo.get_alert(session, alert_id)
+        return [alert] if alert is not None else []
+    return repo.incident_alerts(session, incident_id)
+
+
 @dataclass
 class ReplayResult:
     predictions: list[dict[str, Any]]
@@ -105,10 +114,11 @@ def replay(data: Path, settings: Settings, rules: Rules, weights: Weights | None
         our_to_external = {v: k for k, v in history.items()}
 
         with factory() as session:
-            stats = learn_stats(session, weights.vocabulary) if weights else None
-        pipeline = Pipeline(rules, EventClock(), weights=weights, stats=stats)
+            stats, similar = learn_history(session, weights) if weights else (None, None)
+        pipeline = Pipeline(rules, EventClock(), weights=weights, stats=stats, similar=similar)
         rows = list(read_jsonl(data / "stream" / "alerts.jsonl"))
         stored: dict[str, int] = {}
+        similar: dict[str, list[str]] = {}
         last: datetime | None = None
         for kind, _, row in stream_events(rows):
             item = _alert_in(row, settings, resolved=kind == "resolve")
@@ -117,6 +127,10 @@ def replay(data: Path, settings: Settings, rules: Rules, weights: Weights | None
                 outcome = pipeline.ingest(session, [item], at)[0]
             if kind == "fire" and outcome.alert_id is not None:
                 stored[row["id"]] = outcome.alert_id
+                # the answer at the moment it was processed: with the incident it went into
+                with factory() as session:
+                    similar[row["id"]] = [our_to_external.get(h.incident_id, str(h.incident_id))
+                                          for h in pipeline.find_similar(alerts_with(session, outcome.alert_id))]
             last = at if last is None or (at and at > last) else last
 
         # time goes on after the stream: groups still pending are flushed as they would be live
@@ -132,7 +146,7 @@ def replay(data: Path, settings: Settings, rules: Rules, weights: Weights | None
         for row in rows:
             incident_id = linked.get(stored.get(row["id"], -1))
             label = None if incident_id is None else our_to_external.get(incident_id, str(incident_id))
-            predictions.append({"alert_id": row["id"], "incident_id": label, "similar": []})
+            predictions.append({"alert_id": row["id"], "incident_id": label, "similar": similar.get(row["id"], [])})
         return ReplayResult(predictions, len(history), len(rows), opened)
     finally:
         engine.dispose()

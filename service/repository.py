@@ -312,19 +312,24 @@ def drop_from_groups(session: Session, alert_ids: Iterable[int]) -> None:
             delete_group(session, group_id)
 
 
-def history_for_stats(session: Session) -> tuple[list[list[tuple[dict[str, str], str]]], list[tuple[dict[str, str], str]]]:
-    """(alerts of each resolved incident, alerts linked to nothing and resolved): what
-    co-occurrence statistics are learned from."""
-    by_incident: dict[int, list[tuple[dict[str, str], str]]] = {}
-    for incident_id, labels, title in session.execute(
-        select(AlertIncidentLink.incident_id, Alert.labels, Alert.title)
+def history(session: Session) -> tuple[dict[int, list[Alert]], list[Alert]]:
+    """(resolved incident id -> its linked alerts, alerts linked to nothing and resolved):
+    what co-occurrence statistics and the similar-incident index learn from."""
+    by_incident: dict[int, list[Alert]] = {i: [] for i in session.scalars(
+        select(Incident.id).where(Incident.status == "resolved").order_by(Incident.id))}
+    for incident_id, alert in session.execute(
+        select(AlertIncidentLink.incident_id, Alert)
         .join(Alert, Alert.id == AlertIncidentLink.alert_id)
         .join(Incident, Incident.id == AlertIncidentLink.incident_id)
         .where(Incident.status == "resolved", AlertIncidentLink.removed_at.is_(None))
         .order_by(AlertIncidentLink.incident_id, Alert.id)
     ):
-        by_incident.setdefault(incident_id, []).append((dict(labels or {}), title))
+        by_incident[incident_id].append(alert)
     ever_linked = select(AlertIncidentLink.id).where(AlertIncidentLink.alert_id == Alert.id).exists()
-    noise = [(dict(labels or {}), title) for labels, title in session.execute(
-        select(Alert.labels, Alert.title).where(Alert.status == "resolved", ~ever_linked).order_by(Alert.id))]
-    return list(by_incident.values()), noise
+    noise = list(session.scalars(select(Alert).where(Alert.status == "resolved", ~ever_linked).order_by(Alert.id)))
+    return by_incident, noise
+
+
+def incident_alerts(session: Session, incident_id: int) -> list[Alert]:
+    """The alerts linked to an incident (removed links left out), oldest first."""
+    return [a for _, a in links_of_incident(session, incident_id)]

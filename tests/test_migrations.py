@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import CheckConstraint, Engine, delete, inspect, select
+from sqlalchemy import CheckConstraint, Engine, delete, insert, inspect, select
 from sqlalchemy.exc import IntegrityError, StatementError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -31,6 +31,7 @@ from models.tables import (
     IncidentEvent,
     PendingGroup,
     PendingGroupAlert,
+    Suggestion,
 )
 
 T0 = datetime(2025, 1, 1, 12, 0, tzinfo=UTC)
@@ -64,7 +65,7 @@ def check_constraints(engine: Engine) -> dict[str, list[str | None]]:
 
 
 def test_upgrade_builds_the_models_schema(migrated_engine: Engine) -> None:
-    assert current_revision(migrated_engine) == head_revision() == "0001"
+    assert current_revision(migrated_engine) == head_revision() == "0002"
     # Nothing is ignored. SQLite has no time-zone-aware column type (DATETIME either way), so
     # DateTime(timezone=True) is checked on PostgreSQL only; UTCDateTime covers SQLite.
     assert schema_diff(migrated_engine) == []
@@ -174,3 +175,91 @@ def test_times_read_back_aware_utc(migrated_engine: Engine) -> None:
     with factory() as s, pytest.raises(StatementError, match="naive datetime"):
         s.add(incident(created_at=datetime(2025, 1, 1, 12, 0)))
         s.flush()
+
+
+def table_shape(engine: Engine, table: str) -> dict[str, Any]:
+    insp = inspect(engine)
+    return {
+        "columns": [(c["name"], str(c["type"]), c["nullable"]) for c in insp.get_columns(table)],
+        "checks": sorted(c["name"] for c in insp.get_check_constraints(table)),
+        "indexes": sorted(i["name"] for i in insp.get_indexes(table)),
+        "foreign_keys": sorted(f["name"] for f in insp.get_foreign_keys(table)),
+    }
+
+
+def test_0002_keeps_incidents_both_ways(db_url: str) -> None:
+    """0001 -> 0002 adds the embedding columns to existing incidents; 0002 -> 0001 (a table
+    copy on SQLite) gives back 0001's table with the rows and their children intact."""
+    engine = make_engine(db_url)
+    try:
+        migrate(engine, "0001")
+        at_0001 = table_shape(engine, "incidents")
+        # Core inserts naming 0001's columns only: the ORM classes already carry 0002's
+        rows = [{"id": n, "title": f"disk full {n}", "severity": "high", "status": "open",
+                 "created_at": T0, "last_activity_at": T0 + timedelta(minutes=n),
+                 "root_cause": "log rotation" if n == 2 else None} for n in (1, 2)]
+        with engine.begin() as conn:
+            conn.execute(insert(Incident.__table__), rows)
+            conn.execute(insert(IncidentEvent.__table__),
+                         [{"incident_id": 2, "at": T0, "kind": "opened", "actor": "test", "data": {}}])
+
+        def incidents() -> list[dict[str, Any]]:
+            with engine.connect() as conn:
+                return [dict(r._mapping) for r in conn.execute(
+                    select(*(Incident.__table__.c[k] for k in rows[0])).order_by(Incident.id))]
+
+        migrate(engine)
+        assert current_revision(engine) == "0002"
+        assert incidents() == rows
+        with make_session_factory(engine)() as s:
+            assert s.execute(select(Incident.id, Incident.embedding, Incident.embedding_model,
+                                    Incident.embedding_key).order_by(Incident.id)).all() == [
+                (1, None, None, None), (2, None, None, None)]
+
+        downgrade(engine, "0001")
+        assert current_revision(engine) == "0001"
+        assert table_shape(engine, "incidents") == at_0001
+        assert "suggestions" not in inspect(engine).get_table_names()
+        assert incidents() == rows
+        with engine.connect() as conn:
+            assert conn.execute(select(IncidentEvent.__table__.c.incident_id)).scalars().all() == [2]
+    finally:
+        engine.dispose()
+
+
+def test_suggestions_cascade_and_constraints(migrated_engine: Engine) -> None:
+    factory = make_session_factory(migrated_engine)
+
+    def suggestion(a: Alert, i: Incident, **kw: Any) -> Suggestion:
+        return Suggestion(**{"alert": a, "incident": i, "score": 0.61, "weights_version": "w1",
+                             "created_at": T0, **kw})
+
+    with factory.begin() as s:
+        a1, a2, i1, i2 = alert(), alert(fingerprint="fp2"), incident(), incident()
+        s.add_all([suggestion(a1, i1, components={"semantic": 0.9}), suggestion(a1, i2),
+                   suggestion(a2, i2, status="dismissed", decided_by="ana", decided_at=T0)])
+
+    def rejected(build: Callable[[Session], Suggestion]) -> bool:
+        with factory() as s:
+            s.add(build(s))
+            try:
+                s.flush()
+            except IntegrityError:
+                return True
+            return False
+
+    assert [rejected(lambda s: suggestion(s.get(Alert, a1.id), s.get(Incident, i1.id))),
+            rejected(lambda s: suggestion(alert(fingerprint="fp3"), s.get(Incident, i1.id),
+                                          status="maybe"))] == [True, True]
+
+    def rows(s: Session) -> list[tuple[Any, ...]]:
+        return sorted(map(tuple, s.execute(select(Suggestion.alert_id, Suggestion.incident_id,
+                                                  Suggestion.status, Suggestion.decided_at))))
+
+    with factory.begin() as s:
+        assert rows(s) == [(a1.id, i1.id, "open", None), (a1.id, i2.id, "open", None),
+                           (a2.id, i2.id, "dismissed", T0)]
+        s.execute(delete(Incident).where(Incident.id == i1.id))
+        assert rows(s) == [(a1.id, i2.id, "open", None), (a2.id, i2.id, "dismissed", T0)]
+        s.execute(delete(Alert).where(Alert.id == a1.id))
+        assert rows(s) == [(a2.id, i2.id, "dismissed", T0)]
