@@ -3,9 +3,14 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
+
+if TYPE_CHECKING:  # imported inside the commands: `alertlink --help` must not load torch or faiss
+    from sqlalchemy import Engine
+
+    from indexer.embedder import Embedder
 
 app = typer.Typer(help="alertlink: alerts in, incidents out.", no_args_is_help=True,
                   pretty_exceptions_enable=False)
@@ -61,6 +66,106 @@ def replay(data: Annotated[Path, typer.Argument(exists=True, file_okay=False, he
     typer.echo(f"{result.stream_alerts} stream alerts over {result.history_incidents} past incidents: "
                f"{result.incidents_opened} incidents opened, {time.perf_counter() - started:.1f}s -> {out}",
                err=True)
+
+
+index_app = typer.Typer(help="The similar-incident index: derived from the database, rebuildable "
+                             "at any time.", no_args_is_help=True)
+app.add_typer(index_app, name="index")
+
+# TODO(settings): default from an `index_path` setting (ALERTLINK_INDEX_PATH) once it exists
+IndexPath = Annotated[Path, typer.Option("--path", dir_okay=False,
+                                         help="the index file (PATH.json and PATH.keys.json beside it)")]
+DEFAULT_INDEX_PATH = Path("alertlink.faiss")
+REBUILD_BATCH = 256  # incidents embedded per committed transaction
+
+
+def _embedder() -> Embedder:
+    """The real model; tests replace this function."""
+    from indexer.embedder import SentenceTransformerEmbedder
+
+    return SentenceTransformerEmbedder.offline()
+
+
+def _engine() -> Engine:
+    """The configured database, refused unless migrated to the head (the embedding columns)."""
+    from models.db import current_revision, head_revision, make_engine
+    from service.settings import Settings
+
+    engine = make_engine(Settings().database_url)
+    if (at := current_revision(engine)) != head_revision():
+        engine.dispose()
+        typer.echo(f"database at revision {at}, expected {head_revision()}: run `alertlink migrate`",
+                   err=True)
+        raise typer.Exit(1)
+    return engine
+
+
+@index_app.command("rebuild")
+def index_rebuild(path: IndexPath = DEFAULT_INDEX_PATH) -> None:
+    """Embed every incident that needs it, then build the index from scratch."""
+    import sys
+
+    from sqlalchemy import func, select
+    from tqdm import tqdm
+
+    from indexer.sync import ensure_embeddings, load_or_rebuild, stale_ids
+    from models.db import make_session_factory
+    from models.tables import Incident
+
+    engine = _engine()
+    try:
+        factory = make_session_factory(engine)
+        embedder = _embedder()
+        with factory() as session:
+            incidents = session.scalar(select(func.count()).select_from(Incident)) or 0
+            todo = stale_ids(session, embedder.model_name)
+        with tqdm(total=len(todo), desc="embedding", unit="incident", file=sys.stderr) as bar:
+            # a transaction per batch: one for a whole model change would hold SQLite's write
+            # lock (PostgreSQL: the rows' locks) for minutes and time out a running service
+            for start in range(0, len(todo), REBUILD_BATCH):
+                with factory.begin() as session:
+                    ensure_embeddings(session, embedder, todo[start:start + REBUILD_BATCH],
+                                      progress=bar.update)
+            # incidents created meanwhile are embedded here, then the index is built anew
+            synced = load_or_rebuild(path, factory, embedder, progress=bar.update, fresh=True)
+            embedded = bar.n
+        typer.echo(f"{incidents} incidents, {embedded} embedded now, {len(synced)} in the index "
+                   f"({embedder.model_name}) -> {path}")
+    finally:
+        engine.dispose()
+
+
+@index_app.command("status")
+def index_status(path: IndexPath = DEFAULT_INDEX_PATH) -> None:
+    """Counts: incidents, embedded with the current model, in the index file; in sync or not."""
+    from sqlalchemy import func, select
+
+    from indexer.sync import SyncedIndex, database_keys, pending_changes, stale_ids
+    from models.db import make_session_factory
+    from models.tables import Incident
+
+    engine = _engine()
+    try:
+        embedder = _embedder()
+        synced = SyncedIndex.load(path, model_name=embedder.model_name, dim=embedder.dim)
+        with make_session_factory(engine)() as session:
+            incidents = session.scalar(select(func.count()).select_from(Incident)) or 0
+            embedded = len(database_keys(session, embedder.model_name))
+            stale = len(stale_ids(session, embedder.model_name))
+            pending = pending_changes(session, synced) if synced is not None else None
+        in_sync = stale == 0 and pending is not None and not pending.changed
+        typer.echo(f"incidents: {incidents}")
+        typer.echo(f"embedded with {embedder.model_name}: {embedded} ({stale} to embed)")
+        typer.echo(f"index {path}: " + (f"{len(synced)} vectors" if synced is not None
+                                        else "missing or unusable (see the warning)"))
+        if in_sync:
+            typer.echo("in sync: yes")
+        else:
+            index = ("no usable index" if pending is None
+                     else f"index +{pending.added} ~{pending.updated} -{pending.removed}")
+            typer.echo(f"in sync: no ({stale} to embed; {index})")
+    finally:
+        engine.dispose()
 
 
 def main() -> None:

@@ -23,6 +23,7 @@ from service.parsers import generic
 from service.pipeline import EventClock, Pipeline, learn_history
 from service.rules import Rules
 from service.settings import Settings
+from service.similar import AlertText
 from service.weights import Weights
 
 HISTORY_ACTOR = "history"
@@ -78,15 +79,6 @@ def load_history(session: Session, data: Path, settings: Settings) -> dict[str, 
     return {ext: i.id for ext, i in incidents.items()}
 
 
-def alerts_with(session: Session, alert_id: int) -> list[Alert]:
-    """The alert and the alerts of the incident it is linked to."""
-    incident_id = repo.incidents_of_alerts(session, [alert_id]).get(alert_id)
-    if incident_id is None:
-        alert = repo.get_alert(session, alert_id)
-        return [alert] if alert is not None else []
-    return repo.incident_alerts(session, incident_id)
-
-
 @dataclass
 class ReplayResult:
     predictions: list[dict[str, Any]]
@@ -129,8 +121,9 @@ def replay(data: Path, settings: Settings, rules: Rules, weights: Weights | None
                 stored[row["id"]] = outcome.alert_id
                 # the answer at the moment it was processed: with the incident it went into
                 with factory() as session:
+                    texts = [AlertText(*t) for t in repo.alert_texts(session, outcome.alert_id)]
                     similar[row["id"]] = [our_to_external.get(h.incident_id, str(h.incident_id))
-                                          for h in pipeline.find_similar(alerts_with(session, outcome.alert_id))]
+                                          for h in pipeline.similar.find(texts)] if pipeline.similar else []
             last = at if last is None or (at and at > last) else last
 
         # time goes on after the stream: groups still pending are flushed as they would be live

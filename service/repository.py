@@ -144,7 +144,9 @@ def active_incidents(session: Session, since: datetime, alert: AlertFacts,
     linked = (select(AlertIncidentLink.incident_id).join(Alert, Alert.id == AlertIncidentLink.alert_id)
               .where(AlertIncidentLink.incident_id.in_([i.id for i in incidents]),
                      AlertIncidentLink.removed_at.is_(None)).distinct())
-    with_fingerprint = set(session.scalars(linked.where(Alert.fingerprint == alert.fingerprint)))
+    field_sets = [fs for fs in field_sets if fs]  # rules that match on nothing need no lookups
+    with_fingerprint = set(session.scalars(linked.where(Alert.fingerprint == alert.fingerprint))) \
+        if any("fingerprint" in fs for fs in field_sets) else set()
     label_sets: dict[int, list[dict[str, str]]] = {}
     for fields in {tuple(sorted({label_name(f) for f in fs} - {"fingerprint"})) for fs in field_sets}:
         wanted = {n: alert.labels.get(n) for n in fields}
@@ -268,34 +270,40 @@ def delete_group(session: Session, group_id: int) -> None:
 
 # -------------------------------------------------------- scorer candidates
 
-def _member(alert: Alert) -> Member:
-    return Member(alert.fingerprint, alert.title, alert.severity, dict(alert.labels or {}), alert.fired_at,
-                  alert.resolved_at if alert.status == "resolved" else None)
+_MEMBER_COLUMNS = (Alert.fingerprint, Alert.title, Alert.severity, Alert.labels, Alert.fired_at, Alert.resolved_at,
+                   Alert.status)
+
+
+def _member(fingerprint: str, title: str, severity: str, labels: dict[str, str] | None, fired_at: datetime,
+            resolved_at: datetime | None, status: str) -> Member:
+    return Member(fingerprint, title, severity, dict(labels or {}), fired_at,
+                  resolved_at if status == "resolved" else None)
 
 
 def scorer_candidates(session: Session, alert: Alert, since: datetime) -> list[Candidate]:
     """What the scorer may put `alert` with: incidents not resolved with an alert at or
     after `since`, and alerts since then that were never linked to anything (a link a
-    responder removed counts: that alert is not paired again automatically)."""
+    responder removed counts: that alert is not paired again automatically). Plain
+    columns, not ORM objects: this runs for every alert."""
     incidents = list(session.scalars(
         select(Incident.id).where(Incident.status != "resolved", Incident.last_activity_at >= since)))
     out: list[Candidate] = []
     if incidents:
         members: dict[int, list[Member]] = {}
-        for incident_id, member in session.execute(
-            select(AlertIncidentLink.incident_id, Alert).join(Alert, Alert.id == AlertIncidentLink.alert_id)
+        for incident_id, *columns in session.execute(
+            select(AlertIncidentLink.incident_id, *_MEMBER_COLUMNS).join(Alert, Alert.id == AlertIncidentLink.alert_id)
             .where(AlertIncidentLink.incident_id.in_(incidents), AlertIncidentLink.removed_at.is_(None),
                    Alert.id != alert.id)
             .order_by(AlertIncidentLink.incident_id, Alert.fired_at, Alert.id)
         ):
-            members.setdefault(incident_id, []).append(_member(member))
+            members.setdefault(incident_id, []).append(_member(*columns))
         out += [Candidate(i, None, tuple(members[i])) for i in incidents if i in members]
     ever_linked = select(AlertIncidentLink.id).where(AlertIncidentLink.alert_id == Alert.id).exists()
-    loose = session.scalars(
-        select(Alert).where(Alert.fired_at >= since, Alert.fired_at <= alert.fired_at, Alert.id != alert.id,
-                            ~ever_linked)
+    loose = session.execute(
+        select(Alert.id, *_MEMBER_COLUMNS).where(Alert.fired_at >= since, Alert.fired_at <= alert.fired_at,
+                                                 Alert.id != alert.id, ~ever_linked)
         .order_by(Alert.fired_at, Alert.id))
-    out += [Candidate(None, a.id, (_member(a),)) for a in loose]
+    out += [Candidate(None, alert_id, (_member(*columns),)) for alert_id, *columns in loose]
     return out
 
 
@@ -328,6 +336,21 @@ def history(session: Session) -> tuple[dict[int, list[Alert]], list[Alert]]:
     ever_linked = select(AlertIncidentLink.id).where(AlertIncidentLink.alert_id == Alert.id).exists()
     noise = list(session.scalars(select(Alert).where(Alert.status == "resolved", ~ever_linked).order_by(Alert.id)))
     return by_incident, noise
+
+
+def alert_texts(session: Session, alert_id: int) -> list[tuple[str, str, dict[str, str]]]:
+    """(fingerprint, title, labels) of the alert and of the alerts of the incident it is
+    linked to: what similarity is asked with. Plain columns: it runs for every alert."""
+    incident_id = session.scalar(select(AlertIncidentLink.incident_id).where(
+        AlertIncidentLink.alert_id == alert_id, AlertIncidentLink.removed_at.is_(None))
+        .order_by(AlertIncidentLink.id).limit(1))
+    q = select(Alert.fingerprint, Alert.title, Alert.labels)
+    if incident_id is None:
+        q = q.where(Alert.id == alert_id)
+    else:
+        q = q.join(AlertIncidentLink, AlertIncidentLink.alert_id == Alert.id).where(
+            AlertIncidentLink.incident_id == incident_id, AlertIncidentLink.removed_at.is_(None))
+    return [(f, t, dict(l or {})) for f, t, l in session.execute(q.order_by(Alert.fired_at, Alert.id))]
 
 
 def incident_alerts(session: Session, incident_id: int) -> list[Alert]:
