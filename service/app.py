@@ -14,6 +14,8 @@ import anyio
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
+from indexer.embedder import Embedder, SentenceTransformerEmbedder
+from indexer.sync import load_or_rebuild
 from models.db import make_engine, make_session_factory, migrate
 from service import repository as repo
 from service.domain import InputError
@@ -49,7 +51,10 @@ async def _ticker(app_state: dict[str, Any], every: float) -> None:
             log.exception("clock tick failed")
 
 
-def create_app(settings: Settings, *, wall_clock: Callable[[], datetime] = utc_now) -> FastAPI:
+def create_app(settings: Settings, *, embedder: Embedder | None = None,
+               wall_clock: Callable[[], datetime] = utc_now) -> FastAPI:
+    """The app. Tests pass their own settings, and a `HashingEmbedder` where the real
+    model adds nothing; `serve` passes neither and gets the packaged model."""
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
         engine = make_engine(settings.database_url)
@@ -61,10 +66,18 @@ def create_app(settings: Settings, *, wall_clock: Callable[[], datetime] = utc_n
         with factory() as session:  # event time resumes where the stored alerts left it
             clock = EventClock(repo.newest_alert_time(session))
             stats, similar = learn_history(session, weights) if weights else (None, None)
+        emb, index = None, None
+        if weights is not None:
+            emb = embedder or await anyio.to_thread.run_sync(
+                lambda: SentenceTransformerEmbedder.offline(str(settings.model_path) if settings.model_path else None))
+            index = await anyio.to_thread.run_sync(lambda: load_or_rebuild(settings.index_path, factory, emb))
+            similar.embed = emb.embed
+            similar.search = lambda v, k, allowed: index.search(v, k, allowed=allowed)
+        pipeline = Pipeline(rules, clock, weights=weights, stats=stats, similar=similar, embedder=emb,
+                            index=index, session_factory=factory)
         state: dict[str, Any] = {
             "settings": settings, "engine": engine, "session_factory": factory,
-            "pipeline": Pipeline(rules, clock, weights=weights, stats=stats, similar=similar),
-            "wall_clock": wall_clock,
+            "pipeline": pipeline, "wall_clock": wall_clock,
         }
         ticker = asyncio.create_task(_ticker(state, settings.tick_seconds)) if settings.clock == "live" else None
         try:
@@ -74,6 +87,8 @@ def create_app(settings: Settings, *, wall_clock: Callable[[], datetime] = utc_n
                 ticker.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await ticker
+            if index is not None and settings.index_path is not None:
+                index.save(settings.index_path)
             engine.dispose()
 
     app = FastAPI(title="alertlink", version="0.1.0", lifespan=lifespan,

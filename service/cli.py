@@ -51,7 +51,10 @@ def replay(data: Annotated[Path, typer.Argument(exists=True, file_okay=False, he
            weights: Annotated[Path | None, typer.Option("--weights", exists=True, dir_okay=False,
                                                         help="a weights file (default: the shipped one)")] = None,
            rules_only: Annotated[bool, typer.Option("--rules-only", help="no scorer: the rules alone decide")]
-           = False) -> None:
+           = False,
+           semantic: Annotated[bool, typer.Option("--semantic/--no-semantic",
+                                                  help="rank similar incidents by meaning too (loads the model)")]
+           = True) -> None:
     """Replay a labelled data set through the live pipeline in event time."""
     from service.replay import replay as run, write_predictions
     from service.rules import load_rules
@@ -61,7 +64,14 @@ def replay(data: Annotated[Path, typer.Argument(exists=True, file_okay=False, he
     settings = Settings()
     started = time.perf_counter()
     scorer = None if rules_only else Weights.load(weights or settings.weights_path)
-    result = run(data, settings, load_rules(rules or settings.rules_dir, settings.severity_words()), scorer)
+    embedder = None
+    if scorer is not None and semantic:
+        from indexer.embedder import SentenceTransformerEmbedder
+
+        def embedder() -> SentenceTransformerEmbedder:
+            return SentenceTransformerEmbedder.offline(str(settings.model_path) if settings.model_path else None)
+    result = run(data, settings, load_rules(rules or settings.rules_dir, settings.severity_words()), scorer,
+                 embedder)
     write_predictions(result.predictions, out)
     typer.echo(f"{result.stream_alerts} stream alerts over {result.history_incidents} past incidents: "
                f"{result.incidents_opened} incidents opened, {time.perf_counter() - started:.1f}s -> {out}",

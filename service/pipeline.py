@@ -14,8 +14,10 @@ from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from sqlalchemy import event
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
+from indexer.embedder import Embedder
+from indexer.sync import SyncedIndex, ensure_embeddings
 from models.tables import Alert
 from service import repository as repo
 from service.decide import Decision, Drop, Link, Open, Pend, Scored, decide, expired, flush
@@ -29,6 +31,8 @@ from service.weights import Weights
 SYSTEM = "alertlink"
 # session.info key: the event time a transaction moves the clock to when it commits
 EVENT_TIME = "alertlink.event_time"
+# session.info key: incidents this transaction created or changed, for after its commit
+TOUCHED = "alertlink.touched"
 
 
 class EventClock:
@@ -107,13 +111,19 @@ def describe(decision: Decision, incident_id: int | None = None) -> dict[str, An
 
 class Pipeline:
     def __init__(self, rules: Rules, clock: EventClock | None = None, *, weights: Weights | None = None,
-                 stats: CooccurrenceStats | None = None, similar: SimilarIncidents | None = None) -> None:
+                 stats: CooccurrenceStats | None = None, similar: SimilarIncidents | None = None,
+                 embedder: Embedder | None = None, index: SyncedIndex | None = None,
+                 session_factory: sessionmaker[Session] | None = None) -> None:
         self.rules = rules
         self.clock = clock or EventClock()
         # without weights the scorer is off and the rules alone decide (the spine's behaviour)
         self.weights = weights
         self.stats = stats or CooccurrenceStats(weights.vocabulary if weights else Vocabulary())
         self.similar = similar
+        # derived data kept up to date after each commit: the FAISS index of incidents
+        self.embedder = embedder
+        self.index = index
+        self.session_factory = session_factory
         # one deciding transaction at a time in this process (see repository.lock_decisions
         # for several processes): decisions read and write open incidents and pending groups
         self.decision_lock = threading.Lock()
@@ -173,6 +183,41 @@ class Pipeline:
         incident_id = self.apply(session, decision, row)
         return Outcome(index, row.id, "created", describe(decision, incident_id))
 
+    def incident_changed(self, session: Session, incident_id: int, *, resolved: bool = False) -> None:
+        """An incident was created, retitled or resolved in this transaction: embed its
+        text now (stored beside it), and after the commit update the derived data."""
+        if self.embedder is not None:
+            ensure_embeddings(session, self.embedder, [incident_id])
+        touched = session.info.get(TOUCHED)
+        if touched is None:
+            touched = session.info[TOUCHED] = {"changed": set(), "resolved": set()}
+            event.listen(session, "after_commit", lambda s: self._after_commit(s.info.pop(TOUCHED)), once=True)
+            event.listen(session, "after_rollback", lambda s: s.info.pop(TOUCHED, None), once=True)
+        touched["changed"].add(incident_id)
+        if resolved:
+            touched["resolved"].add(incident_id)
+
+    def _after_commit(self, touched: dict[str, set[int]]) -> None:
+        if self.session_factory is None:
+            return
+        with self.session_factory() as session:
+            if self.index is not None:
+                self.index.update(session, sorted(touched["changed"]))
+            for incident_id in sorted(touched["resolved"]):
+                self.learn_resolved(session, incident_id)
+
+    def learn_resolved(self, session: Session, incident_id: int) -> None:
+        """A resolved incident becomes history: its kinds count for co-occurrence and it
+        can be found as a similar past incident."""
+        incident = repo.get_incident(session, incident_id)
+        if incident is None or incident.status != "resolved" or self.similar is None:
+            return
+        if incident_id in self.similar.past:
+            return  # resolved before (reopened and resolved again): counted once
+        alerts = repo.incident_alerts(session, incident_id)
+        self.stats.add_incident((dict(a.labels or {}), a.title) for a in alerts)
+        self.similar.add_past(incident_id, map(alert_text, alerts))
+
     def event_time(self, session: Session, t: datetime) -> datetime:
         """Event time for this transaction: the clock moved to `t`, but only for
         good once the transaction commits (a rolled-back alert moves nothing)."""
@@ -194,7 +239,21 @@ class Pipeline:
         if self.weights is None:
             return decide(facts, incidents, groups, self.rules)
         scored = self.score(session, row, facts)
-        return decide(facts, incidents, groups, self.rules, scored, self.weights.auto_link_at)
+        decision = decide(facts, incidents, groups, self.rules, scored, self.weights.auto_link_at)
+        self.suggest(session, row, scored, decision)
+        return decision
+
+    def suggest(self, session: Session, row: Alert, scored: Sequence[Scored], decision: Decision) -> None:
+        """Incidents the alert may belong to, scored between suggest_at and auto_link_at,
+        are left for a responder (never the incident the alert went into)."""
+        assert self.weights is not None
+        chosen = decision.incident_id if isinstance(decision, Link) else None
+        for s in scored:
+            if (s.incident_id is not None and s.incident_id != chosen
+                    and self.weights.suggest_at <= s.score < self.weights.auto_link_at):
+                repo.add_suggestion(session, alert_id=row.id, incident_id=s.incident_id, score=s.score,
+                                    components=_json(s.components), weights_version=self.weights.version,
+                                    created_at=row.fired_at)
 
     def score(self, session: Session, row: Alert, facts: AlertFacts) -> list[Scored]:
         """The scorer's verdict on every candidate in the window."""
@@ -244,6 +303,7 @@ class Pipeline:
             if decision.group_id is not None:
                 repo.delete_group(session, decision.group_id)
             repo.drop_from_groups(session, decision.alert_ids)
+            self.incident_changed(session, incident.id)
             self.add_context(session, incident.id, [alerts[i] for i in decision.alert_ids], decision.opened_at)
             return incident.id
         if isinstance(decision, Pend):

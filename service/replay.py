@@ -8,7 +8,8 @@ clock. Nothing later in the stream is looked at when an alert is decided.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -16,6 +17,8 @@ from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from indexer.embedder import Embedder
+from indexer.sync import load_or_rebuild
 from models.db import make_engine, make_session_factory, migrate
 from models.tables import Alert, AlertIncidentLink, Incident
 from service import repository as repo
@@ -96,8 +99,13 @@ def stream_events(rows: list[dict[str, Any]]) -> list[tuple[str, int, dict[str, 
     return [("fire" if kind == 0 else "resolve", i, r) for _, kind, i, r in events]
 
 
-def replay(data: Path, settings: Settings, rules: Rules, weights: Weights | None = None) -> ReplayResult:
+def replay(data: Path, settings: Settings, rules: Rules, weights: Weights | None = None,
+           embedder: Embedder | Callable[[], Embedder] | None = None) -> ReplayResult:
+    """`embedder` may be a factory: the model then loads while the history does."""
     engine = make_engine("sqlite://")  # a fresh database for every replay
+    loading = None
+    if callable(embedder) and not isinstance(embedder, Embedder):
+        loading = ThreadPoolExecutor(1).submit(embedder)
     try:
         migrate(engine)
         factory: sessionmaker[Session] = make_session_factory(engine)
@@ -107,6 +115,14 @@ def replay(data: Path, settings: Settings, rules: Rules, weights: Weights | None
 
         with factory() as session:
             stats, similar = learn_history(session, weights) if weights else (None, None)
+        if loading is not None:
+            embedder = loading.result()
+        if similar is not None and embedder is not None:  # meaning, from an in-memory index
+            index = load_or_rebuild(None, factory, embedder)
+            similar.embed = embedder.embed
+            similar.search = lambda v, k, allowed: index.search(v, k, allowed=allowed)
+        # incidents the stream opens stay open, so they are never searched here: embedding
+        # them (as the live service does) would only cost time
         pipeline = Pipeline(rules, EventClock(), weights=weights, stats=stats, similar=similar)
         rows = list(read_jsonl(data / "stream" / "alerts.jsonl"))
         stored: dict[str, int] = {}

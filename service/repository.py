@@ -9,7 +9,8 @@ from typing import Any
 from sqlalchemy import Select, func, select, text
 from sqlalchemy.orm import Session, selectinload
 
-from models.tables import Alert, AlertIncidentLink, Incident, IncidentEvent, PendingGroup, PendingGroupAlert
+from models.tables import (Alert, AlertIncidentLink, Incident, IncidentEvent, PendingGroup, PendingGroupAlert,
+                           Suggestion)
 from service.decide import GroupFacts, IncidentFacts, label_name
 from service.features import Candidate, Member
 from service.domain import AlertIn
@@ -356,3 +357,26 @@ def alert_texts(session: Session, alert_id: int) -> list[tuple[str, str, dict[st
 def incident_alerts(session: Session, incident_id: int) -> list[Alert]:
     """The alerts linked to an incident (removed links left out), oldest first."""
     return [a for _, a in links_of_incident(session, incident_id)]
+
+
+# -------------------------------------------------------------- suggestions
+
+def add_suggestion(session: Session, *, alert_id: int, incident_id: int, score: float,
+                   components: dict[str, Any] | None, weights_version: str, created_at: datetime) -> Suggestion:
+    row = Suggestion(alert_id=alert_id, incident_id=incident_id, score=score, components=components,
+                     weights_version=weights_version, created_at=created_at, status="open")
+    session.add(row)
+    return row
+
+
+def suggestions_of_incident(session: Session, incident_id: int, status: str | None = "open"
+                            ) -> Sequence[tuple[Suggestion, Alert]]:
+    q: Select = (select(Suggestion, Alert).join(Alert, Alert.id == Suggestion.alert_id)
+                 .where(Suggestion.incident_id == incident_id))
+    if status is not None:
+        q = q.where(Suggestion.status == status)
+    return session.execute(q.order_by(Suggestion.score.desc(), Suggestion.id)).all()  # type: ignore[return-value]
+
+
+def get_suggestion(session: Session, suggestion_id: int) -> Suggestion | None:
+    return session.get(Suggestion, suggestion_id)

@@ -42,6 +42,11 @@ class Settings(BaseSettings):
     weights_path: Path | None = None
     # false: no scorer, the rules alone decide (the seed design's behaviour)
     scorer: bool = True
+    # the FAISS index of incidents (derived data: rebuilt from the database when missing or stale);
+    # None keeps it in memory only
+    index_path: Path | None = Path("alertlink.faiss")
+    # the sentence-transformers model folder; None = the packaged all-MiniLM-L6-v2
+    model_path: Path | None = None
     severity_map: dict[str, str] = Field(default_factory=dict)
     # severity given to an alert that carries none at all (e.g. no `severity` label)
     default_severity: str = "medium"

@@ -136,7 +136,8 @@ def running_service(tmp_path: Path, env: Mapping[str, str] | None = None) -> Ite
     """
     alertlink = venv_script("alertlink")
     tmp_path.mkdir(parents=True, exist_ok=True)
-    full_env = _clean_env({"ALERTLINK_DATABASE_URL": f"sqlite:///{tmp_path / 'a.db'}", **(env or {})})
+    full_env = _clean_env({"ALERTLINK_DATABASE_URL": f"sqlite:///{tmp_path / 'a.db'}",
+                           "ALERTLINK_INDEX_PATH": str(tmp_path / 'a.faiss'), **(env or {})})
     log = tmp_path / "alertlink.log"
     done = subprocess.run(["timeout", "--kill-after=5", "120", str(alertlink), "migrate"],
                           env=full_env, cwd=tmp_path, capture_output=True, text=True)

@@ -6,7 +6,7 @@ from fastapi import APIRouter, Header, HTTPException, Query
 
 from models.tables import Incident
 from service import repository as repo
-from service.deps import DecisionSessionDep, NowDep, SessionDep
+from service.deps import DecisionSessionDep, NowDep, PipelineDep, SessionDep
 from service.schemas import (
     AlertOut, EventOut, IncidentDetail, IncidentOut, LinkedAlert, LinkOut, LinkRequest, LinkResult,
     StatusRequest,
@@ -95,8 +95,8 @@ def remove_link(incident_id: int, alert_id: int, session: DecisionSessionDep, no
 
 
 @router.post("/incidents/{incident_id}/status")
-def change_status(incident_id: int, body: StatusRequest, session: DecisionSessionDep, now: NowDep,
-                  user: UserHeader = None) -> IncidentOut:
+def change_status(incident_id: int, body: StatusRequest, session: DecisionSessionDep, pipeline: PipelineDep,
+                  now: NowDep, user: UserHeader = None) -> IncidentOut:
     """Acknowledge, resolve (optionally with root cause and summary) or reopen."""
     incident = _incident_or_404(session, incident_id)
     by = body.by or user or "api"
@@ -113,4 +113,6 @@ def change_status(incident_id: int, body: StatusRequest, session: DecisionSessio
     if body.summary is not None:
         incident.summary = body.summary
     repo.add_event(session, incident_id, "status_changed", now, by, before=before, after=body.status)
+    # its text (title + root cause) may have changed, and a resolved incident becomes history
+    pipeline.incident_changed(session, incident_id, resolved=body.status == "resolved")
     return IncidentOut.of(incident)
