@@ -20,7 +20,7 @@ from models.db import make_engine, make_session_factory, migrate
 from service import repository as repo
 from service.domain import InputError
 from service.pipeline import EventClock, Pipeline, learn_history
-from service.routes import alerts, health, incidents, integrations
+from service.routes import alerts, health, incidents, integrations, similar
 from service.rules import load_rules
 from service.settings import Settings
 from service.weights import Weights
@@ -98,6 +98,6 @@ def create_app(settings: Settings, *, embedder: Embedder | None = None,
     async def input_error(_request: Request, exc: InputError) -> JSONResponse:
         return JSONResponse(status_code=422, content={"detail": [exc.as_detail()]})
 
-    for module in (health, alerts, incidents, integrations):
+    for module in (health, alerts, incidents, integrations, similar):
         app.include_router(module.router)
     return app

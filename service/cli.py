@@ -52,9 +52,10 @@ def replay(data: Annotated[Path, typer.Argument(exists=True, file_okay=False, he
                                                         help="a weights file (default: the shipped one)")] = None,
            rules_only: Annotated[bool, typer.Option("--rules-only", help="no scorer: the rules alone decide")]
            = False,
-           semantic: Annotated[bool, typer.Option("--semantic/--no-semantic",
-                                                  help="rank similar incidents by meaning too (loads the model)")]
-           = True) -> None:
+           semantic: Annotated[bool, typer.Option(
+               "--semantic/--no-semantic",
+               help="rank similar incidents by meaning too, as the service does (loads the model: ~15 s more); "
+                    "links are the same either way")] = False) -> None:
     """Replay a labelled data set through the live pipeline in event time."""
     from service.replay import replay as run, write_predictions
     from service.rules import load_rules

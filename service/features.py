@@ -178,7 +178,6 @@ def link_features(alert: AlertFacts, candidate: Candidate, stats: CooccurrenceSt
         "log_size": math.log(n),
         "gap_e1": math.exp(-gap),
         "gap_e10": math.exp(-gap / 10.0),
-        "gap": gap,
         "same_scope": 1.0 if scope_ok else 0.0,
         "fingerprint": 1.0 if any(m.fingerprint == alert.fingerprint for m in members) else 0.0,
         "shared_label": 1.0 if shared else 0.0,

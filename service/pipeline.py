@@ -183,19 +183,22 @@ class Pipeline:
         incident_id = self.apply(session, decision, row)
         return Outcome(index, row.id, "created", describe(decision, incident_id))
 
-    def incident_changed(self, session: Session, incident_id: int, *, resolved: bool = False) -> None:
+    def incident_changed(self, session: Session, incident_id: int, *, resolved: bool = False,
+                         reopened: bool = False) -> None:
         """An incident was created, retitled or resolved in this transaction: embed its
         text now (stored beside it), and after the commit update the derived data."""
         if self.embedder is not None:
             ensure_embeddings(session, self.embedder, [incident_id])
         touched = session.info.get(TOUCHED)
         if touched is None:
-            touched = session.info[TOUCHED] = {"changed": set(), "resolved": set()}
+            touched = session.info[TOUCHED] = {"changed": set(), "resolved": set(), "reopened": set()}
             event.listen(session, "after_commit", lambda s: self._after_commit(s.info.pop(TOUCHED)), once=True)
             event.listen(session, "after_rollback", lambda s: s.info.pop(TOUCHED, None), once=True)
         touched["changed"].add(incident_id)
         if resolved:
             touched["resolved"].add(incident_id)
+        if reopened:
+            touched["reopened"].add(incident_id)
 
     def _after_commit(self, touched: dict[str, set[int]]) -> None:
         if self.session_factory is None:
@@ -205,6 +208,9 @@ class Pipeline:
                 self.index.update(session, sorted(touched["changed"]))
             for incident_id in sorted(touched["resolved"]):
                 self.learn_resolved(session, incident_id)
+            for incident_id in sorted(touched["reopened"]):
+                if self.similar is not None:  # open again: not history any more
+                    self.similar.drop(incident_id)
 
     def learn_resolved(self, session: Session, incident_id: int) -> None:
         """A resolved incident becomes history: its kinds count for co-occurrence and it
@@ -212,10 +218,11 @@ class Pipeline:
         incident = repo.get_incident(session, incident_id)
         if incident is None or incident.status != "resolved" or self.similar is None:
             return
-        if incident_id in self.similar.past:
-            return  # resolved before (reopened and resolved again): counted once
         alerts = repo.incident_alerts(session, incident_id)
-        self.stats.add_incident((dict(a.labels or {}), a.title) for a in alerts)
+        if incident_id not in self.similar.past:
+            # a postmortem's later links refresh only its profile below; the statistics are
+            # recounted from the database at the next start (as is a reopened, re-resolved one)
+            self.stats.add_incident((dict(a.labels or {}), a.title) for a in alerts)
         self.similar.add_past(incident_id, map(alert_text, alerts))
 
     def event_time(self, session: Session, t: datetime) -> datetime:

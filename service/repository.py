@@ -206,6 +206,22 @@ def add_link(session: Session, *, alert: Alert, incident: Incident, link_type: s
     return row
 
 
+def link_manually(session: Session, alert: Alert, incident: Incident, link_type: str, by: str,
+                  now: datetime) -> tuple[AlertIncidentLink, bool]:
+    """A responder's link: new, or a removed one restored (it becomes theirs). Returns the
+    link and whether it was made now (False: it was linked already)."""
+    link = get_link(session, alert.id, incident.id)
+    if link is not None and link.removed_at is None:
+        return link, False
+    if link is not None:
+        link.removed_at = link.removed_by = None
+        link.link_type, link.linked_by, link.linked_at = link_type, by, now
+        link.rule = link.score = link.components = link.decided_by_version = None
+    else:
+        link = add_link(session, alert=alert, incident=incident, link_type=link_type, linked_at=now, linked_by=by)
+    return link, True
+
+
 def links_of_incident(session: Session, incident_id: int, *, include_removed: bool = False
                       ) -> Sequence[tuple[AlertIncidentLink, Alert]]:
     q: Select = (select(AlertIncidentLink, Alert).join(Alert, Alert.id == AlertIncidentLink.alert_id)

@@ -49,8 +49,8 @@ def incident_alerts(incident_id: int, session: SessionDep, include_removed: bool
 
 
 @router.post("/incidents/{incident_id}/links")
-def link_alerts(incident_id: int, body: LinkRequest, session: DecisionSessionDep, now: NowDep,
-                user: UserHeader = None) -> LinkResult:
+def link_alerts(incident_id: int, body: LinkRequest, session: DecisionSessionDep, pipeline: PipelineDep,
+                now: NowDep, user: UserHeader = None) -> LinkResult:
     """A responder links alerts (`manual` while it runs, `historical` in a postmortem).
     A link a responder removed before is restored by linking it again."""
     incident = _incident_or_404(session, incident_id)
@@ -61,28 +61,20 @@ def link_alerts(incident_id: int, body: LinkRequest, session: DecisionSessionDep
                                    "type": "value_error"}])
     made, already = [], []
     for alert_id in dict.fromkeys(body.alert_ids):
-        link = repo.get_link(session, alert_id, incident_id)
-        if link is not None and link.removed_at is None:
-            already.append(alert_id)
-            continue
-        if link is not None:  # restored by a human: it becomes theirs
-            link.removed_at = link.removed_by = None
-            link.link_type, link.linked_by, link.linked_at = body.link_type, by, now
-            link.rule = link.score = link.components = link.decided_by_version = None
-        else:
-            link = repo.add_link(session, alert=alerts[alert_id], incident=incident, link_type=body.link_type,
-                                 linked_at=now, linked_by=by)
-        made.append(link)
+        link, new = repo.link_manually(session, alerts[alert_id], incident, body.link_type, by, now)
+        (made if new else already).append(link if new else alert_id)
     if made:
         repo.add_event(session, incident_id, "alerts_linked", now, by, link_type=body.link_type,
                        alert_ids=[link.alert_id for link in made], count=len(made))
+        # a postmortem link on a resolved incident changes what history says
+        pipeline.incident_changed(session, incident_id, resolved=incident.status == "resolved")
     session.flush()
     return LinkResult(links=[LinkOut.of(link) for link in made], already_linked=already)
 
 
 @router.delete("/incidents/{incident_id}/links/{alert_id}")
-def remove_link(incident_id: int, alert_id: int, session: DecisionSessionDep, now: NowDep,
-                user: UserHeader = None) -> LinkOut:
+def remove_link(incident_id: int, alert_id: int, session: DecisionSessionDep, pipeline: PipelineDep,
+                now: NowDep, user: UserHeader = None) -> LinkOut:
     """Removes a link. It is kept as removed, so it is never re-added automatically."""
     _incident_or_404(session, incident_id)
     link = repo.get_link(session, alert_id, incident_id)
@@ -91,6 +83,8 @@ def remove_link(incident_id: int, alert_id: int, session: DecisionSessionDep, no
     link.removed_at, link.removed_by = now, user or "api"
     repo.add_event(session, incident_id, "alert_unlinked", now, link.removed_by, alert_id=alert_id,
                    link_type=link.link_type)
+    incident = _incident_or_404(session, incident_id)
+    pipeline.incident_changed(session, incident_id, resolved=incident.status == "resolved")
     return LinkOut.of(link)
 
 
@@ -114,5 +108,6 @@ def change_status(incident_id: int, body: StatusRequest, session: DecisionSessio
         incident.summary = body.summary
     repo.add_event(session, incident_id, "status_changed", now, by, before=before, after=body.status)
     # its text (title + root cause) may have changed, and a resolved incident becomes history
-    pipeline.incident_changed(session, incident_id, resolved=body.status == "resolved")
+    pipeline.incident_changed(session, incident_id, resolved=body.status == "resolved",
+                              reopened=before == "resolved" and body.status != "resolved")
     return IncidentOut.of(incident)
