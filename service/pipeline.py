@@ -81,8 +81,6 @@ def match_types(features: dict[str, float]) -> tuple[str, ...]:
         out.append("labels")
     if features.get("cooc_kind", 0) >= 0.3 or features.get("pmi_kind", 0) >= 1.0:
         out.append("co-occurrence")
-    if features.get("semantic", 0) >= 0.6:
-        out.append("semantic")
     if features.get("gap_e1", 0) >= 0.5:
         out.append("time")
     return tuple(out)

@@ -18,7 +18,7 @@ from service.features import SCOPE_LABELS, SHARED_LABELS, TARGET_LABELS, Vocabul
 LINK_FEATURES = (
     "ended", "ongoing", "quiet_e2", "relgap", "log_size", "gap_e1", "gap_e10", "same_scope",
     "fingerprint", "shared_label", "pmi_kind", "pmi_name", "pmi_target", "cooc_kind", "cooc_name",
-    "cooc_target", "noise_rate", "semantic",
+    "cooc_target", "noise_rate",
 )
 SIMILAR_FEATURES = ("kinds", "semantic")
 
