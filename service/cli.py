@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -177,6 +178,51 @@ def index_status(path: IndexPath = DEFAULT_INDEX_PATH) -> None:
             typer.echo(f"in sync: no ({stale} to embed; {index})")
     finally:
         engine.dispose()
+
+
+@app.command("eval")
+def eval_cmd(data: Annotated[list[Path], typer.Argument(exists=True, file_okay=False, help="data set folders")],
+             weights: Annotated[Path | None, typer.Option("--weights", exists=True, dir_okay=False)] = None,
+             rules: Annotated[Path | None, typer.Option("--rules", exists=True, file_okay=False)] = None,
+             json_output: Annotated[bool, typer.Option("--json", help="print JSON instead of tables")] = False,
+             semantic: Annotated[bool, typer.Option("--semantic/--no-semantic",
+                                                    help="rank similar incidents by meaning too")] = False) -> None:
+    """Replay each data set and print grouping and similar-incident metrics beside built-in baselines."""
+    from service.evaluate import main as run
+
+    raise typer.Exit(run(data, weights, rules, json_output, semantic))
+
+
+@app.command()
+def tune(data: Annotated[list[Path], typer.Argument(exists=True, file_okay=False, help="labelled data sets")],
+         out: Annotated[Path, typer.Option("--out", help="the weights file to write")],
+         target_precision: Annotated[float, typer.Option("--target-precision", min=0.5, max=1.0)] = 0.97,
+         seed: Annotated[int, typer.Option("--seed")] = 0,
+         base: Annotated[Path | None, typer.Option("--base", exists=True, dir_okay=False,
+                                                   help="weights file to start from (default: shipped)")] = None
+         ) -> None:
+    """Learn the scorer's weights and thresholds from labelled data (scikit-learn)."""
+    from service.tune import main as run
+
+    raise typer.Exit(run(data, out, target_precision=target_precision, seed=seed, base=base))
+
+
+@app.command()
+def export(out: Annotated[Path, typer.Argument(file_okay=False, help="folder to write the data set to")],
+           labels: Annotated[str, typer.Option("--labels", help="human: manual/historical links only; "
+                                                                 "resolved: also the links of incidents resolved with a root cause")]
+           = "resolved",
+           split_at: Annotated[datetime | None, typer.Option("--split-at", help="alerts from then on form the "
+                                                                                "stream, with truth.json")] = None
+           ) -> None:
+    """Write the database (ALERTLINK_DATABASE_URL) as a labelled data set."""
+    from service.export import main as run
+
+    if labels not in ("human", "resolved"):
+        raise typer.BadParameter("human or resolved", param_hint="--labels")
+    if split_at is not None and split_at.tzinfo is None:
+        split_at = split_at.replace(tzinfo=UTC)
+    raise typer.Exit(run(out, labels=labels, split_at=split_at))
 
 
 def main() -> None:
