@@ -1,5 +1,6 @@
 """The data model: incidents (with their embeddings), alerts, the links between them,
-suggested links, the incident timeline and the pending aggregation groups. Tables only; no business logic lives here.
+suggested links, the incident timeline, the pending aggregation groups and the shadow
+weights' decisions. Tables only; no business logic lives here.
 
 Runs on SQLite (the embedded default) and PostgreSQL. Every time is stored as
 UTC and read back timezone-aware (`UTCDateTime`), so the decision code never
@@ -12,6 +13,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    Boolean,
     CheckConstraint,
     DateTime,
     Double,
@@ -32,6 +34,7 @@ INCIDENT_STATUSES = ("open", "acknowledged", "resolved")
 ALERT_STATUSES = ("firing", "acknowledged", "resolved")
 LINK_TYPES = ("auto_created", "auto_correlated", "manual", "historical")
 SUGGESTION_STATUSES = ("open", "accepted", "dismissed")
+SCORED_KINDS = ("link", "open", "none")  # what the scorer alone decided (service.decide.scored_decision)
 
 # Stable constraint names, so migrations can refer to them on every backend.
 NAMING = {
@@ -202,6 +205,37 @@ class Suggestion(Base):
     # one-way: the database cascades deletes, so Alert and Incident need no collection of these
     alert: Mapped[Alert] = relationship()
     incident: Mapped[Incident] = relationship()
+
+
+class ShadowDecision(Base):
+    """What the live and the shadow weights' scorer decided for one new alert, from the
+    same candidates (the shadow's is never acted on). The ids are as decided, not foreign
+    keys: a record, kept when the incident or the paired alert changes."""
+
+    __tablename__ = "shadow_decisions"
+    __table_args__ = (
+        CheckConstraint(_in("live_kind", SCORED_KINDS), name="live_kind"),
+        CheckConstraint(_in("shadow_kind", SCORED_KINDS), name="shadow_kind"),
+        Index("ix_shadow_decisions_decided_at", "decided_at"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    alert_id: Mapped[int] = mapped_column(ForeignKey("alerts.id", ondelete="CASCADE"), unique=True)
+    decided_at: Mapped[datetime]  # the alert's event time
+    live_weights_version: Mapped[str] = mapped_column(String(255))
+    shadow_weights_version: Mapped[str] = mapped_column(String(255))
+    # link: join live_incident_id; open: a new incident with the alert live_pair_alert_id;
+    # none: no candidate reached the threshold (the rules decided)
+    live_kind: Mapped[str] = mapped_column(String(10))
+    shadow_kind: Mapped[str] = mapped_column(String(10))
+    live_incident_id: Mapped[int | None] = mapped_column(Integer)
+    shadow_incident_id: Mapped[int | None] = mapped_column(Integer)
+    live_pair_alert_id: Mapped[int | None] = mapped_column(Integer)
+    shadow_pair_alert_id: Mapped[int | None] = mapped_column(Integer)
+    # the best candidate's score (None: no candidate at all)
+    live_score: Mapped[float | None] = mapped_column(Double)
+    shadow_score: Mapped[float | None] = mapped_column(Double)
+    agree: Mapped[bool] = mapped_column(Boolean)
 
 
 class IncidentEvent(Base):

@@ -20,7 +20,7 @@ from models.db import make_engine, make_session_factory, migrate
 from service import repository as repo
 from service.domain import InputError
 from service.pipeline import EventClock, Pipeline, learn_history
-from service.routes import alerts, health, incidents, integrations, similar
+from service.routes import alerts, health, incidents, integrations, shadow, similar
 from service.rules import load_rules
 from service.settings import Settings
 from service.weights import Weights
@@ -63,6 +63,12 @@ def create_app(settings: Settings, *, embedder: Embedder | None = None,
         factory = make_session_factory(engine)
         rules = load_rules(settings.rules_dir, settings.severity_words())
         weights = Weights.load(settings.weights_path) if settings.scorer else None
+        shadow_weights = None
+        if settings.shadow_weights_path is not None:
+            if weights is None:
+                log.warning("shadow weights %s not loaded: the scorer is off", settings.shadow_weights_path)
+            else:
+                shadow_weights = Weights.load(settings.shadow_weights_path)
         with factory() as session:  # event time resumes where the stored alerts left it
             clock = EventClock(repo.newest_alert_time(session))
             stats, similar = learn_history(session, weights) if weights else (None, None)
@@ -74,7 +80,7 @@ def create_app(settings: Settings, *, embedder: Embedder | None = None,
             similar.embed = emb.embed
             similar.search = lambda v, k, allowed: index.search(v, k, allowed=allowed)
         pipeline = Pipeline(rules, clock, weights=weights, stats=stats, similar=similar, embedder=emb,
-                            index=index, session_factory=factory)
+                            index=index, session_factory=factory, shadow=shadow_weights)
         state: dict[str, Any] = {
             "settings": settings, "engine": engine, "session_factory": factory,
             "pipeline": pipeline, "wall_clock": wall_clock,
@@ -98,6 +104,6 @@ def create_app(settings: Settings, *, embedder: Embedder | None = None,
     async def input_error(_request: Request, exc: InputError) -> JSONResponse:
         return JSONResponse(status_code=422, content={"detail": [exc.as_detail()]})
 
-    for module in (health, alerts, incidents, integrations, similar):
+    for module in (health, alerts, incidents, integrations, similar, shadow):
         app.include_router(module.router)
     return app

@@ -26,6 +26,7 @@ from service.similar import AlertText, KindIndex, SimilarHit, SimilarIncidents
 from service.domain import AlertIn
 from service.parsers.common import StatusChange
 from service.rules import AlertFacts, Rules
+from service.shadow import record_shadow
 from service.weights import Weights
 
 SYSTEM = "alertlink"
@@ -111,11 +112,14 @@ class Pipeline:
     def __init__(self, rules: Rules, clock: EventClock | None = None, *, weights: Weights | None = None,
                  stats: CooccurrenceStats | None = None, similar: SimilarIncidents | None = None,
                  embedder: Embedder | None = None, index: SyncedIndex | None = None,
-                 session_factory: sessionmaker[Session] | None = None) -> None:
+                 session_factory: sessionmaker[Session] | None = None, shadow: Weights | None = None) -> None:
         self.rules = rules
         self.clock = clock or EventClock()
         # without weights the scorer is off and the rules alone decide (the spine's behaviour)
         self.weights = weights
+        # weights in shadow (with the scorer on): their decision is recorded beside the live one,
+        # never acted on
+        self.shadow = shadow
         self.stats = stats or CooccurrenceStats(weights.vocabulary if weights else Vocabulary())
         self.similar = similar
         # derived data kept up to date after each commit: the FAISS index of incidents
@@ -246,6 +250,8 @@ class Pipeline:
         scored = self.score(session, row, facts)
         decision = decide(facts, incidents, groups, self.rules, scored, self.weights.auto_link_at)
         self.suggest(session, row, scored, decision)
+        if self.shadow is not None:  # the same candidates scored by the shadow weights: only recorded
+            record_shadow(session, facts, scored, self.weights, self.shadow)
         return decision
 
     def suggest(self, session: Session, row: Alert, scored: Sequence[Scored], decision: Decision) -> None:

@@ -40,6 +40,9 @@ class Settings(BaseSettings):
     rules_dir: Path | None = None
     # the scorer's weights file; None = the shipped default (service/defaults/weights.yaml)
     weights_path: Path | None = None
+    # a second weights file run in shadow: its decision is recorded beside the live one for
+    # every new alert (GET /shadow/...), never acted on; None = no shadow (needs the scorer on)
+    shadow_weights_path: Path | None = None
     # false: no scorer, the rules alone decide (the seed design's behaviour)
     scorer: bool = True
     # the FAISS index of incidents (derived data: rebuilt from the database when missing or stale);

@@ -65,7 +65,7 @@ def check_constraints(engine: Engine) -> dict[str, list[str | None]]:
 
 
 def test_upgrade_builds_the_models_schema(migrated_engine: Engine) -> None:
-    assert current_revision(migrated_engine) == head_revision() == "0002"
+    assert current_revision(migrated_engine) == head_revision() == "0003"
     # Nothing is ignored. SQLite has no time-zone-aware column type (DATETIME either way), so
     # DateTime(timezone=True) is checked on PostgreSQL only; UTCDateTime covers SQLite.
     assert schema_diff(migrated_engine) == []
@@ -208,7 +208,7 @@ def test_0002_keeps_incidents_both_ways(db_url: str) -> None:
                 return [dict(r._mapping) for r in conn.execute(
                     select(*(Incident.__table__.c[k] for k in rows[0])).order_by(Incident.id))]
 
-        migrate(engine)
+        migrate(engine, "0002")
         assert current_revision(engine) == "0002"
         assert incidents() == rows
         with make_session_factory(engine)() as s:
