@@ -199,12 +199,19 @@ def tune(data: Annotated[list[Path], typer.Argument(exists=True, file_okay=False
          target_precision: Annotated[float, typer.Option("--target-precision", min=0.5, max=1.0)] = 0.97,
          seed: Annotated[int, typer.Option("--seed")] = 0,
          base: Annotated[Path | None, typer.Option("--base", exists=True, dir_okay=False,
-                                                   help="weights file to start from (default: shipped)")] = None
+                                                   help="weights file to start from (default: shipped)")] = None,
+         history: Annotated[list[Path] | None, typer.Option(
+             "--history", exists=True, file_okay=False,
+             help="a data set used by its history only (second half replayed against the first): "
+                  "real systems whose stream is kept for evaluation")] = None,
+         rounds: Annotated[int, typer.Option("--rounds", min=0, max=10,
+                                             help="refits on the pairs the online grouping meets")] = 2
          ) -> None:
     """Learn the scorer's weights and thresholds from labelled data (scikit-learn)."""
     from service.tune import main as run
 
-    raise typer.Exit(run(data, out, target_precision=target_precision, seed=seed, base=base))
+    raise typer.Exit(run(list(data), out, target_precision=target_precision, seed=seed,
+                         base=base, history=list(history or []), rounds=rounds))
 
 
 @app.command()
