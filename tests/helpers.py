@@ -2,10 +2,14 @@
 wall clock, an app client, and builders for alerts in each shape."""
 from __future__ import annotations
 
+import importlib.util
 import json
+import subprocess
+import sys
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 from fastapi.testclient import TestClient
@@ -77,3 +81,27 @@ def alert_in(fingerprint: str, at: datetime, severity: str = "info", **fields: A
     """An AlertIn as a parser would make it; `title` defaults to the fingerprint."""
     return AlertIn(**({"fingerprint": fingerprint, "title": fingerprint, "source": "test", "severity": severity,
                        "fired_at": at} | fields))
+
+
+# ------------------------------------------------------------ bench material
+
+BENCH = Path(__file__).resolve().parents[2] / "shared" / "bench"
+
+
+def load_score() -> ModuleType:
+    """`../shared/bench/score.py` as a module: the reference scorer the project must agree with."""
+    spec = importlib.util.spec_from_file_location("bench_score", BENCH / "score.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def simulate(out: Path, *, seed: int, history: int, scenarios: int, days: float) -> Path:
+    """A data set from `../shared/bench/simulate.py` and the dev world."""
+    done = subprocess.run(
+        [sys.executable, str(BENCH / "simulate.py"), str(BENCH / "worlds" / "dev.json"), str(out),
+         "--seed", str(seed), "--history", str(history), "--scenarios", str(scenarios), "--days", str(days)],
+        capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, f"simulate.py failed: {done.stdout}{done.stderr}"
+    return out

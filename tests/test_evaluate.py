@@ -2,18 +2,16 @@
 reference scorer (`../shared/bench/score.py`), the baselines, and the report."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import os
 import random
-import subprocess
-import sys
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import pytest
+from helpers import load_score, simulate
 
 from service import evaluate as ev
 from service.replay import replay
@@ -27,12 +25,6 @@ DEV_SHOP = SHARED / "data" / "dev-shop"
 EXTRA_KEYS = {"all_alerts_hit1", "all_alerts_hit5"}  # score.py reports hit@k for first alerts only
 
 
-def load_score() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bench_score", BENCH / "score.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="session")
@@ -49,13 +41,7 @@ def settings() -> Settings:
 @pytest.fixture(scope="session")
 def small_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small simulated data set: 40 past incidents, 6 failures over a day."""
-    out = tmp_path_factory.mktemp("sim") / "small"
-    done = subprocess.run(
-        [sys.executable, str(BENCH / "simulate.py"), str(BENCH / "worlds" / "dev.json"), str(out),
-         "--seed", "3", "--history", "40", "--scenarios", "6", "--days", "1"],
-        capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, f"simulate.py failed: {done.stdout}{done.stderr}"
-    return out
+    return simulate(tmp_path_factory.mktemp("sim") / "small", seed=3, history=40, scenarios=6, days=1)
 
 
 @pytest.fixture(scope="session")

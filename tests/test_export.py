@@ -5,17 +5,16 @@ resolved with and without a root cause, an open one, links of every type, remove
 noise alert, an alert linked twice, and alerts after 05:00 for the split."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import subprocess
 import sys
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
+from helpers import load_score
 from sqlalchemy import Engine, select, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
@@ -376,12 +375,6 @@ def test_round_trip_through_load_history(world: tuple[Engine, World], tmp_path: 
         assert links == {(w.a(row[0]), w.i(row[column]), "historical") for row in ALERTS if row[column]}
 
 
-def load_score() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bench_score", BENCH / "score.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_split_export_replays_and_scores(sqlite_world: tuple[Engine, World], tmp_path: Path) -> None:

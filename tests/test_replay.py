@@ -1,19 +1,16 @@
 """`alertlink replay`: a simulated data set through the CLI, then the shared dev-shop data set scored."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shutil
-import subprocess
-import sys
 import time
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
 import yaml
+from helpers import load_score, simulate
 from typer.testing import CliRunner
 
 from service.cli import app
@@ -40,13 +37,7 @@ def run_replay(data: Path, out: Path, *extra: str) -> list[dict[str, Any]]:
 @pytest.fixture(scope="session")
 def small_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small simulated data set: 40 past incidents, 6 failures over a day."""
-    out = tmp_path_factory.mktemp("sim") / "data"
-    done = subprocess.run(
-        [sys.executable, str(BENCH / "simulate.py"), str(BENCH / "worlds" / "dev.json"), str(out),
-         "--seed", "3", "--history", "40", "--scenarios", "6", "--days", "1"],
-        capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, f"simulate.py failed: {done.stdout}{done.stderr}"
-    return out
+    return simulate(tmp_path_factory.mktemp("sim") / "data", seed=3, history=40, scenarios=6, days=1)
 
 
 @pytest.fixture(scope="session")
@@ -100,12 +91,6 @@ def test_rules_that_decide_nothing_link_nothing(small_data: Path, tmp_path: Path
     assert [p["incident_id"] for p in predictions if p["incident_id"] is not None] == []
 
 
-def load_score() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bench_score", BENCH / "score.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.mark.slow
