@@ -29,4 +29,4 @@ test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m 'not slow'
 
 clean:
-	rm -rf $(VENV) .pytest_cache alertlink.db alertlink.db-*
+	rm -rf $(VENV) .pytest_cache alertlink.db alertlink.db-* alertlink.faiss alertlink.faiss.*
