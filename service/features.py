@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -185,7 +185,3 @@ def link_features(alert: AlertFacts, candidate: Candidate, stats: CooccurrenceSt
         "noise_rate": stats.noise_rate(kind),
     }
 
-
-def summarise(members: Sequence[Member]) -> dict[str, object]:
-    """A short human summary of a candidate (for reasons and the API)."""
-    return {"alerts": len(members), "last": max(m.fired_at for m in members).isoformat()}

@@ -3,7 +3,6 @@ errors that name the file and field, the version stamp."""
 import re
 import shutil
 from datetime import timedelta
-from importlib import resources
 from pathlib import Path
 
 import pytest

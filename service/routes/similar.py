@@ -15,7 +15,7 @@ from fastapi import APIRouter, Body, Depends, Header, HTTPException, Query
 from pydantic import BaseModel, Field
 from sqlalchemy.orm import Session
 
-from models.tables import Alert, AlertIncidentLink, Incident, Suggestion
+from models.tables import Alert, Suggestion
 from service import repository as repo
 from service.deps import DecisionSessionDep, NowDep, PipelineDep, SessionDep, SettingsDep
 from service.parsers import generic
