@@ -8,7 +8,7 @@ every window is measured on alert timestamps.
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any, Literal
@@ -20,13 +20,13 @@ from indexer.embedder import Embedder
 from indexer.sync import SyncedIndex, ensure_embeddings
 from models.tables import Alert
 from service import repository as repo
-from service.decide import Decision, Drop, Link, Open, Pend, Scored, decide, expired, flush
-from service.features import CooccurrenceStats, Vocabulary, link_features
-from service.similar import AlertText, KindIndex, SimilarHit, SimilarIncidents
+from service.decide import Decision, Drop, GroupFacts, Link, Open, Pend, Scored, decide, expired, flush
 from service.domain import AlertIn
+from service.features import CooccurrenceStats, Vocabulary, link_features
 from service.parsers.common import StatusChange
 from service.rules import AlertFacts, Rules
 from service.shadow import record_shadow
+from service.similar import AlertText, KindIndex, SimilarHit, SimilarIncidents
 from service.weights import Weights
 
 SYSTEM = "alertlink"
@@ -34,6 +34,16 @@ SYSTEM = "alertlink"
 EVENT_TIME = "alertlink.event_time"
 # session.info key: incidents this transaction created or changed, for after its commit
 TOUCHED = "alertlink.touched"
+
+
+def on_commit(session: Session, key: str, initial: Any, apply: Callable[[Any], None]) -> Any:
+    """State a transaction collects in `session.info[key]` (starting at `initial`) and hands
+    to `apply` once it commits; a rollback drops it. Returns the state collected so far."""
+    if key not in session.info:
+        session.info[key] = initial
+        event.listen(session, "after_commit", lambda s: apply(s.info.pop(key)), once=True)
+        event.listen(session, "after_rollback", lambda s: s.info.pop(key, None), once=True)
+    return session.info[key]
 
 
 class EventClock:
@@ -180,8 +190,8 @@ class Pipeline:
 
         row = repo.insert_alert(session, item, received_at)
         now = self.event_time(session, item.fired_at)
-        self.flush_expired(session, now)
-        decision = self.decide(session, row)
+        _, pending = self._flush(session, now)
+        decision = self.decide(session, row, pending)
         incident_id = self.apply(session, decision, row)
         return Outcome(index, row.id, "created", describe(decision, incident_id))
 
@@ -191,11 +201,8 @@ class Pipeline:
         text now (stored beside it), and after the commit update the derived data."""
         if self.embedder is not None:
             ensure_embeddings(session, self.embedder, [incident_id])
-        touched = session.info.get(TOUCHED)
-        if touched is None:
-            touched = session.info[TOUCHED] = {"changed": set(), "resolved": set(), "reopened": set()}
-            event.listen(session, "after_commit", lambda s: self._after_commit(s.info.pop(TOUCHED)), once=True)
-            event.listen(session, "after_rollback", lambda s: s.info.pop(TOUCHED, None), once=True)
+        touched = on_commit(session, TOUCHED, {"changed": set(), "resolved": set(), "reopened": set()},
+                            self._after_commit)
         touched["changed"].add(incident_id)
         if resolved:
             touched["resolved"].add(incident_id)
@@ -230,21 +237,19 @@ class Pipeline:
     def event_time(self, session: Session, t: datetime) -> datetime:
         """Event time for this transaction: the clock moved to `t`, but only for
         good once the transaction commits (a rolled-back alert moves nothing)."""
-        now = max(t, self.clock.now or t, session.info.get(EVENT_TIME, t))
-        if EVENT_TIME not in session.info:
-            event.listen(session, "after_commit", lambda s: self.clock.advance(s.info.pop(EVENT_TIME)), once=True)
-            event.listen(session, "after_rollback", lambda s: s.info.pop(EVENT_TIME, None), once=True)
+        now = max(t, self.clock.now or t, on_commit(session, EVENT_TIME, t, self.clock.advance))
         session.info[EVENT_TIME] = now
         return now
 
     # ---------------------------------------------------------- decide
-    def decide(self, session: Session, row: Alert) -> Decision:
+    def decide(self, session: Session, row: Alert, pending: Sequence[GroupFacts] | None = None) -> Decision:
+        """`pending`: the groups still pending, when the caller has just read them."""
         facts = repo.alert_facts(row)
         link, create = self.rules.auto_link, self.rules.auto_create
         window = max(link.correlation_window, create.dedup_window)
         incidents = repo.active_incidents(session, facts.fired_at - window, facts,
                                           [link.match_fields, create.match_fields])
-        groups = {(g.rule, g.group_key): g for g in repo.pending_groups(session)}
+        groups = {(g.rule, g.group_key): g for g in (repo.pending_groups(session) if pending is None else pending)}
         if self.weights is None:
             return decide(facts, incidents, groups, self.rules)
         scored = self.score(session, row, facts)
@@ -350,14 +355,21 @@ class Pipeline:
     # ----------------------------------------------------------- clock
     def flush_expired(self, session: Session, now: datetime) -> list[FlushOutcome]:
         """Close every pending group whose window ended before `now`."""
+        return self._flush(session, now)[0]
+
+    def _flush(self, session: Session, now: datetime) -> tuple[list[FlushOutcome], list[GroupFacts]]:
+        """Flush the expired groups; also returns the groups still pending (read once per alert)."""
+        groups = repo.pending_groups(session)
+        done = expired(groups, now)
         out = []
-        for group in expired(repo.pending_groups(session), now):
+        for group in done:
             decision = flush(group, self.rules)
             incident_id = self.apply(session, decision, None)
             out.append(FlushOutcome(group.id, group.rule, group.group_key, incident_id,
                                     [m.id for m in group.members]))
         session.flush()
-        return out
+        flushed = {g.id for g in done}
+        return out, [g for g in groups if g.id not in flushed]
 
     def tick(self, session: Session, wall_now: datetime) -> list[FlushOutcome]:
         """Live operation: advance event time by the wall clock and flush."""

@@ -12,9 +12,12 @@ from sqlalchemy.orm import Session, selectinload
 from models.tables import (Alert, AlertIncidentLink, Incident, IncidentEvent, PendingGroup, PendingGroupAlert,
                            Suggestion)
 from service.decide import GroupFacts, IncidentFacts, label_name
-from service.features import Candidate, Member
 from service.domain import AlertIn
+from service.features import Candidate, Member
 from service.rules import AlertFacts
+
+# an alert with any link, a removed one included (correlated: usable inside a query on Alert)
+EVER_LINKED = select(AlertIncidentLink.id).where(AlertIncidentLink.alert_id == Alert.id).exists()
 
 # any constant will do: all deciding transactions take the same advisory lock
 DECISION_LOCK_KEY = 0x616C6572  # "aler"
@@ -56,7 +59,7 @@ def latest_resolved(session: Session, fingerprint: str, resolved_at: datetime) -
     ).first()
 
 
-def _fit(text: str, column: Any) -> str:
+def cut_to_column(text: str, column: Any) -> str:
     """Cut text to its column's length (a vendor's long title must not fail a whole batch)."""
     limit = column.type.length
     return text if len(text) <= limit else text[: limit - 1] + "…"
@@ -64,8 +67,8 @@ def _fit(text: str, column: Any) -> str:
 
 def insert_alert(session: Session, a: AlertIn, received_at: datetime) -> Alert:
     row = Alert(
-        external_id=a.external_id, fingerprint=a.fingerprint, title=_fit(a.title, Alert.title),
-        source=_fit(a.source, Alert.source),
+        external_id=a.external_id, fingerprint=a.fingerprint, title=cut_to_column(a.title, Alert.title),
+        source=cut_to_column(a.source, Alert.source),
         severity=a.severity, fired_at=a.fired_at, resolved_at=a.resolved_at, status=a.status,
         labels=dict(a.labels), annotations=dict(a.annotations), delivery_count=1,
         received_at=received_at, last_received_at=received_at,
@@ -79,7 +82,8 @@ def refresh_alert(row: Alert, a: AlertIn, received_at: datetime, *, keep_content
     """Another delivery of a stored occurrence: count it and keep the newest content
     (unless it is a resolve matched by fingerprint only, which may carry stale text)."""
     if not keep_content:
-        row.title, row.severity, row.source = _fit(a.title, Alert.title), a.severity, _fit(a.source, Alert.source)
+        row.title, row.source = cut_to_column(a.title, Alert.title), cut_to_column(a.source, Alert.source)
+        row.severity = a.severity
         row.labels, row.annotations = dict(a.labels), dict(a.annotations)
     row.delivery_count += 1
     row.last_received_at = received_at
@@ -315,10 +319,9 @@ def scorer_candidates(session: Session, alert: Alert, since: datetime) -> list[C
         ):
             members.setdefault(incident_id, []).append(_member(*columns))
         out += [Candidate(i, None, tuple(members[i])) for i in incidents if i in members]
-    ever_linked = select(AlertIncidentLink.id).where(AlertIncidentLink.alert_id == Alert.id).exists()
     loose = session.execute(
         select(Alert.id, *_MEMBER_COLUMNS).where(Alert.fired_at >= since, Alert.fired_at <= alert.fired_at,
-                                                 Alert.id != alert.id, ~ever_linked)
+                                                 Alert.id != alert.id, ~EVER_LINKED)
         .order_by(Alert.fired_at, Alert.id))
     out += [Candidate(None, alert_id, (_member(*columns),)) for alert_id, *columns in loose]
     return out
@@ -350,8 +353,7 @@ def history(session: Session) -> tuple[dict[int, list[Alert]], list[Alert]]:
         .order_by(AlertIncidentLink.incident_id, Alert.id)
     ):
         by_incident[incident_id].append(alert)
-    ever_linked = select(AlertIncidentLink.id).where(AlertIncidentLink.alert_id == Alert.id).exists()
-    noise = list(session.scalars(select(Alert).where(Alert.status == "resolved", ~ever_linked).order_by(Alert.id)))
+    noise = list(session.scalars(select(Alert).where(Alert.status == "resolved", ~EVER_LINKED).order_by(Alert.id)))
     return by_incident, noise
 
 

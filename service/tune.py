@@ -52,6 +52,7 @@ from service.decide import (Decision, Drop, GroupFacts, IncidentFacts, Link, NoA
 from service.features import (SCOPE_LABELS, SHARED_LABELS, TARGET_LABELS, Candidate, CooccurrenceStats, Member,
                               link_features)
 from service.replay import _alert_in, read_jsonl
+from service.repository import cut_to_column
 from service.rules import AlertFacts, Rules, load_rules
 from service.settings import Settings
 from service.weights import LINK_FEATURES, LinkModel, Weights
@@ -95,13 +96,9 @@ class DataSet:
     open_past: list[tuple[int, str, datetime, list[int]]] = field(default_factory=list)
 
 
-def _fit_text(text: str, limit: int) -> str:
-    return text if len(text) <= limit else text[: limit - 1] + "…"  # as repository._fit
-
-
 def _alert(key: int, row: dict[str, Any], settings: Settings, *, history: bool, failure: str | None) -> _Alert:
     a = _alert_in(row, settings, resolved=history)
-    title, source = _fit_text(a.title, AlertRow.title.type.length), _fit_text(a.source, AlertRow.source.type.length)
+    title, source = cut_to_column(a.title, AlertRow.title), cut_to_column(a.source, AlertRow.source)
     facts = AlertFacts(id=key, fingerprint=a.fingerprint, title=title, source=source, severity=a.severity,
                        fired_at=a.fired_at, labels=dict(a.labels))
     resolved_at = a.resolved_at if history else (

@@ -64,6 +64,18 @@ def check_constraints(engine: Engine) -> dict[str, list[str | None]]:
     return {t: sorted(c["name"] for c in insp.get_check_constraints(t)) for t in TABLES}
 
 
+
+def rejected(factory: sessionmaker[Session], build: Callable[[Session], Any]) -> bool:
+    """Whether the database refuses the row `build` makes (in its own transaction: a failed
+    one is unusable on PostgreSQL)."""
+    with factory() as s:
+        s.add(build(s))
+        try:
+            s.flush()
+        except IntegrityError:
+            return True
+        return False
+
 def test_upgrade_builds_the_models_schema(migrated_engine: Engine) -> None:
     assert current_revision(migrated_engine) == head_revision() == "0003"
     # Nothing is ignored. SQLite has no time-zone-aware column type (DATETIME either way), so
@@ -141,15 +153,6 @@ def test_constraints_reject_bad_rows(migrated_engine: Engine) -> None:
         "link type": lambda s: link(alert(fingerprint="fp4"), s.get(Incident, i.id),
                                     link_type="guessed"),
     }
-
-    def rejected(factory: sessionmaker[Session], build: Callable[[Session], Any]) -> bool:
-        with factory() as s:  # own transaction: a failed one is unusable on PostgreSQL
-            s.add(build(s))
-            try:
-                s.flush()
-            except IntegrityError:
-                return True
-            return False
 
     assert {case: rejected(factory, build) for case, build in bad_rows.items()} == dict.fromkeys(
         bad_rows, True
@@ -239,17 +242,8 @@ def test_suggestions_cascade_and_constraints(migrated_engine: Engine) -> None:
         s.add_all([suggestion(a1, i1, components={"semantic": 0.9}), suggestion(a1, i2),
                    suggestion(a2, i2, status="dismissed", decided_by="ana", decided_at=T0)])
 
-    def rejected(build: Callable[[Session], Suggestion]) -> bool:
-        with factory() as s:
-            s.add(build(s))
-            try:
-                s.flush()
-            except IntegrityError:
-                return True
-            return False
-
-    assert [rejected(lambda s: suggestion(s.get(Alert, a1.id), s.get(Incident, i1.id))),
-            rejected(lambda s: suggestion(alert(fingerprint="fp3"), s.get(Incident, i1.id),
+    assert [rejected(factory, lambda s: suggestion(s.get(Alert, a1.id), s.get(Incident, i1.id))),
+            rejected(factory, lambda s: suggestion(alert(fingerprint="fp3"), s.get(Incident, i1.id),
                                           status="maybe"))] == [True, True]
 
     def rows(s: Session) -> list[tuple[Any, ...]]:

@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,12 +10,11 @@ import numpy as np
 import pytest
 import yaml
 
+from helpers import simulate
 from service import tune
 from service.settings import Settings
 from service.weights import LINK_FEATURES, Weights
 
-BENCH = Path(__file__).resolve().parents[2] / "shared" / "bench"
-WORLD = BENCH / "worlds" / "dev.json"
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -29,19 +26,13 @@ def _clean_settings() -> Iterator[None]:
         yield
 
 
-def simulate(out: Path, seed: int, history: int, scenarios: int, days: float) -> Path:
-    done = subprocess.run([sys.executable, str(BENCH / "simulate.py"), str(WORLD), str(out), "--seed", str(seed),
-                           "--history", str(history), "--scenarios", str(scenarios), "--days", str(days)],
-                          capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, f"simulate.py failed: {done.stdout}{done.stderr}"
-    return out
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     """Two tiny generated data sets: 60 past incidents, 8 failures in a day each."""
     root = tmp_path_factory.mktemp("tune-data")
-    return [simulate(root / f"tiny{seed}", seed, 60, 8, 1) for seed in (11, 12)]
+    return [simulate(root / f"tiny{seed}", seed=seed, history=60, scenarios=8, days=1) for seed in (11, 12)]
 
 
 @pytest.fixture(scope="module")
@@ -279,8 +270,8 @@ def test_tune_on_two_worlds_then_replay_a_third(tmp_path: Path) -> None:
 
     from service.cli import app
 
-    worlds = [simulate(tmp_path / f"w{seed}", seed, 200, 30, 3) for seed in (201, 202)]
-    third = simulate(tmp_path / "third", 203, 40, 6, 1)
+    worlds = [simulate(tmp_path / f"w{seed}", seed=seed, history=200, scenarios=30, days=3) for seed in (201, 202)]
+    third = simulate(tmp_path / "third", seed=203, history=40, scenarios=6, days=1)
     out = tmp_path / "tuned.yaml"
     assert tune.main(worlds, out, seed=0) == 0
     weights = Weights.load(out)
